@@ -1,0 +1,236 @@
+"""Run configuration: YAML files loaded into validated dataclasses.
+
+Section keys are the arguments of the functions they feed: `model` goes to
+`build_model`, `data` to `load_data`, `training` to `model.compile`/`model.fit`.
+Every mistake is a `ConfigError` naming the key, raised before anything is trained.
+"""
+
+import dataclasses
+import difflib
+import typing
+from pathlib import Path
+
+import yaml
+
+from fashion_keras import models
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong; the message names the key."""
+
+
+@dataclasses.dataclass
+class DataConfig:
+    data_dir: typing.Optional[str] = None  # None: search (see fashion_keras.data)
+    validation_size: int = 5000  # taken from the start of the official training file
+    train_limit: typing.Optional[int] = None  # class-balanced cap on training images
+    eval_limit: typing.Optional[int] = None  # likewise for validation and test
+
+
+@dataclasses.dataclass
+class TrainingConfig:
+    epochs: int = 20
+    batch_size: int = 128  # per replica; the global batch is this times the replicas
+    learning_rate: float = 1e-3
+    deterministic: bool = False  # TF op determinism: bit-identical reruns on CPU
+
+
+@dataclasses.dataclass
+class DistributeConfig:
+    strategy: str = "auto"  # auto | single | mirrored
+    cpu_devices: typing.Optional[int] = None  # mirrored over N logical CPUs (for testing)
+
+
+@dataclasses.dataclass
+class Config:
+    name: typing.Optional[str] = None  # run name; defaults to the model variant
+    seed: int = 42
+    model: dict = dataclasses.field(default_factory=lambda: {"variant": "baseline"})
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
+    distribute: DistributeConfig = dataclasses.field(default_factory=DistributeConfig)
+
+    @property
+    def run_name(self):
+        return self.name or self.model.get("variant", "baseline")
+
+    def model_kwargs(self):
+        """The `model` section as `build_model` arguments (YAML lists become tuples)."""
+        return {k: tuple(v) if isinstance(v, list) else v for k, v in self.model.items()}
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+STRATEGIES = ("auto", "single", "mirrored")
+
+
+def _type_name(hint):
+    if typing.get_origin(hint) is typing.Union:
+        return " or ".join(_type_name(a) for a in typing.get_args(hint))
+    return {type(None): "null"}.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _coerce(key, value, hint):
+    """Checks `value` against the type `hint`; returns it (ints are accepted as floats)."""
+    if typing.get_origin(hint) is typing.Union:
+        for arg in typing.get_args(hint):
+            if arg is type(None) and value is None:
+                return None
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    ok = (
+        (hint is bool and isinstance(value, bool))
+        or (hint is int and isinstance(value, int) and not isinstance(value, bool))
+        or (hint is float and isinstance(value, (int, float)) and not isinstance(value, bool))
+        or (hint in (str, dict) and isinstance(value, hint))
+    )
+    if not ok:
+        raise ConfigError(
+            f"{key}: expected {_type_name(hint)}, got {type(value).__name__} {value!r}"
+        )
+    return float(value) if hint is float else value
+
+
+def _unknown_key(key, known):
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], known, n=1)
+    hint = (
+        f" (did you mean {key.rsplit('.', 1)[0] + '.' if '.' in key else ''}{close[0]}?)"
+        if close
+        else ""
+    )
+    return ConfigError(f"unknown config key {key!r}{hint}; known keys: {', '.join(known)}")
+
+
+def _build(cls, values, prefix=""):
+    if not isinstance(values, dict):
+        raise ConfigError(
+            f"{prefix.rstrip('.') or 'config'}: expected a mapping of keys, got {values!r}"
+        )
+    hints = typing.get_type_hints(cls)
+    fields = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise _unknown_key(prefix + str(key), fields)
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _coerce(prefix + key, value, hint)
+    return cls(**kwargs)
+
+
+def _check_ranges(config):
+    t, d = config.training, config.data
+    checks = [
+        ("training.epochs", t.epochs, t.epochs >= 1, "at least 1"),
+        ("training.batch_size", t.batch_size, t.batch_size >= 1, "at least 1"),
+        ("training.learning_rate", t.learning_rate, t.learning_rate > 0, "greater than 0"),
+        ("data.validation_size", d.validation_size, 1 <= d.validation_size < 60000, "in 1..59999"),
+        (
+            "distribute.strategy",
+            config.distribute.strategy,
+            config.distribute.strategy in STRATEGIES,
+            f"one of {', '.join(STRATEGIES)}",
+        ),
+    ]
+    if d.train_limit is not None:
+        most = 60000 - d.validation_size
+        checks.append(
+            (
+                "data.train_limit",
+                d.train_limit,
+                10 <= d.train_limit <= most,
+                f"between 10 and {most} (the training images left after validation)",
+            )
+        )
+    if d.eval_limit is not None:
+        most = min(d.validation_size, 10000)
+        checks.append(
+            ("data.eval_limit", d.eval_limit, 10 <= d.eval_limit <= most, f"between 10 and {most}")
+        )
+    if config.distribute.cpu_devices is not None:
+        n = config.distribute.cpu_devices
+        checks.append(("distribute.cpu_devices", n, n >= 1, "at least 1"))
+    for key, value, ok, allowed in checks:
+        if not ok:
+            raise ConfigError(f"{key} must be {allowed}. Received: {key}={value!r}")
+    try:
+        models.model_args(**config.model_kwargs())
+    except ValueError as e:
+        raise ConfigError(f"model: {e}") from None
+
+
+def from_dict(values):
+    """Builds and validates a `Config` from a plain dict (as read from YAML)."""
+    config = _build(Config, values or {})
+    config.model.setdefault("variant", "baseline")
+    _check_ranges(config)
+    return config
+
+
+def parse_override(text):
+    """`"training.epochs=3"` to `("training.epochs", 3)`; the value is parsed as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} is not KEY=VALUE, e.g. training.epochs=3")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def apply_overrides(values, overrides):
+    """Returns a copy of the nested dict `values` with dotted `KEY=VALUE` overrides set."""
+    values = yaml.safe_load(yaml.safe_dump(values or {}))
+    for text in overrides:
+        key, value = parse_override(text)
+        node = values
+        *parents, leaf = key.split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {part} is not a section")
+            node = child
+        node[leaf] = value
+    return values
+
+
+def load_config(path=None, overrides=()):
+    """Reads a YAML config, applies `--set` overrides and validates the result.
+
+    Args:
+        path: a YAML file, or None for the defaults (the tutorial baseline).
+        overrides: strings like `"training.epochs=3"`.
+
+    Returns:
+        A validated `Config`.
+
+    Raises:
+        ConfigError: missing or unreadable file, YAML syntax error, unknown key (with a
+            "did you mean"), wrong type or out-of-range value.
+    """
+    values = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} not found; see configs/ for examples") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config file {path}: cannot read ({e})") from None
+        try:
+            values = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            where = getattr(e, "problem_mark", None)
+            at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+            raise ConfigError(
+                f"config file {path}: YAML syntax error{at}: {getattr(e, 'problem', e)}"
+            ) from None
+    return from_dict(apply_overrides(values, overrides))
+
+
+def dump_config(config):
+    """The config as YAML text (what a run directory's `config.yaml` holds)."""
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

@@ -1,0 +1,190 @@
+"""The tutorial's CNN as one generic builder, and a registry of named variants over it.
+
+A variant is a dict of `build_cnn` arguments registered under a name; `build_model(name)`
+builds it, with any argument overridable. Add a variant with `register_model` plus a config
+file in `configs/`.
+"""
+
+import difflib
+import inspect
+
+import keras
+from keras import layers
+
+from fashion_keras.data import IMAGE_SHAPE, NUM_CLASSES
+
+_MODELS = {}
+
+
+def register_model(variant, /, **defaults):
+    """Registers a variant: `build_model(variant)` will call `build_cnn(**defaults)`.
+
+    Example:
+        >>> register_model("wide", filters=(64, 128, 256))
+    """
+    unknown = set(defaults) - set(CNN_ARGS)
+    if unknown:
+        raise ValueError(
+            f"register_model({variant!r}): unknown build_cnn arguments {sorted(unknown)}"
+        )
+    _MODELS[variant] = defaults
+
+
+def list_models():
+    """Names of the registered variants, sorted."""
+    return sorted(_MODELS)
+
+
+def model_args(variant, **overrides):
+    """Checks `variant` and `overrides` and returns the full `build_cnn` arguments.
+
+    Validates without building anything, so configs can be checked before TensorFlow starts.
+
+    Raises:
+        ValueError: unknown variant, unknown argument or a value outside its range.
+    """
+    if variant not in _MODELS:
+        raise ValueError(
+            f"Unknown model variant {variant!r}. Available: {', '.join(list_models())}"
+        )
+    for key in overrides:
+        if key not in CNN_ARGS:
+            close = difflib.get_close_matches(key, CNN_ARGS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"Unknown model argument {key!r}{hint} Allowed: {', '.join(CNN_ARGS)}")
+    args = {**CNN_ARGS, **_MODELS[variant], **overrides}
+    _validate(**args)
+    return args
+
+
+def build_model(variant="baseline", **overrides):
+    """Builds a registered variant (see `list_models()`), e.g. `"baseline"` or `"dropout"`.
+
+    Args:
+        variant: registered name.
+        **overrides: `build_cnn` arguments that replace the variant's defaults.
+
+    Returns:
+        An uncompiled `keras.Model` whose output is *logits* (no softmax): compile it with
+        `SparseCategoricalCrossentropy(from_logits=True)` and apply `keras.ops.softmax`
+        to its predictions for probabilities.
+
+    Example:
+        >>> model = build_model("dropout")
+        >>> model.count_params()
+        356234
+    """
+    return build_cnn(**model_args(variant, **overrides))
+
+
+def _check_positive_ints(name, value, allow_empty=False):
+    items = value if isinstance(value, (tuple, list)) else (value,)
+    ok = (allow_empty or items) and all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in items
+    )
+    if not ok:
+        raise ValueError(f"{name} must be positive integers. Received: {name}={value!r}")
+
+
+def _validate(
+    input_shape, num_classes, filters, kernel_size, units, dropout_rates, batch_norm, name
+):
+    _check_positive_ints("input_shape", input_shape)
+    if len(input_shape) != 3:
+        raise ValueError(
+            f"input_shape must be (height, width, channels). Received: {input_shape!r}"
+        )
+    _check_positive_ints("num_classes", num_classes)
+    _check_positive_ints("filters", filters)
+    _check_positive_ints("kernel_size", kernel_size)
+    _check_positive_ints("units", units, allow_empty=True)
+    if dropout_rates is not None:
+        expected = len(filters) + len(units if isinstance(units, (list, tuple)) else [units])
+        if not isinstance(dropout_rates, (list, tuple)) or len(dropout_rates) != expected:
+            raise ValueError(
+                f"dropout_rates must be None or {expected} rates: one after each of the "
+                f"{len(filters)} conv blocks and one after each dense layer. "
+                f"Received: dropout_rates={dropout_rates!r}"
+            )
+        for rate in dropout_rates:
+            if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+                raise ValueError(
+                    f"Each dropout rate must be a number in [0, 1). "
+                    f"Received: dropout_rates={dropout_rates!r}"
+                )
+    if not isinstance(batch_norm, bool):
+        raise ValueError(f"batch_norm must be true or false. Received: batch_norm={batch_norm!r}")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty string. Received: name={name!r}")
+
+
+def build_cnn(
+    *,
+    input_shape=IMAGE_SHAPE,
+    num_classes=NUM_CLASSES,
+    filters=(32, 64, 128),
+    kernel_size=3,
+    units=128,
+    dropout_rates=None,
+    batch_norm=False,
+    name="cnn",
+):
+    """The generic CNN: conv blocks, then dense layers, then a linear classifier.
+
+    Each block is `Conv2D(filters[i], kernel_size, padding="same")` (+ BatchNormalization)
+    + ReLU + `MaxPooling2D(2, padding="same")`; then Flatten, `Dense(units)` + ReLU, and
+    `Dense(num_classes)`. Kernels use Glorot-uniform initialisation (Keras' default).
+
+    Args:
+        input_shape: image shape, (height, width, channels).
+        num_classes: number of output logits.
+        filters: filters of each conv block; its length is the number of blocks.
+        kernel_size: side of the square conv kernels.
+        units: width of the hidden dense layer, or a tuple for several.
+        dropout_rates: None for no dropout, or one rate in [0, 1) after each conv block
+            and after each dense layer, e.g. `(0.25, 0.25, 0.4, 0.3)`.
+        batch_norm: add BatchNormalization after each convolution (conv bias dropped).
+        name: the model's name.
+
+    Returns:
+        An uncompiled `keras.Model` that outputs logits, in float32 even under a mixed
+        precision policy.
+    """
+    _validate(
+        input_shape, num_classes, filters, kernel_size, units, dropout_rates, batch_norm, name
+    )
+    units = tuple(units) if isinstance(units, (list, tuple)) else (units,)
+    rates = (
+        list(dropout_rates) if dropout_rates is not None else [None] * (len(filters) + len(units))
+    )
+
+    inputs = keras.Input(shape=tuple(input_shape), name="image")
+    x = inputs
+    for i, block_filters in enumerate(filters, start=1):
+        x = layers.Conv2D(
+            block_filters,
+            kernel_size,
+            padding="same",
+            use_bias=not batch_norm,
+            name=f"block{i}_conv",
+        )(x)
+        if batch_norm:
+            x = layers.BatchNormalization(name=f"block{i}_bn")(x)
+        x = layers.Activation("relu", name=f"block{i}_relu")(x)
+        x = layers.MaxPooling2D(2, padding="same", name=f"block{i}_pool")(x)
+        if rate := rates.pop(0):
+            x = layers.Dropout(rate, name=f"block{i}_dropout")(x)
+    x = layers.Flatten(name="flatten")(x)
+    for i, width in enumerate(units, start=1):
+        x = layers.Dense(width, activation="relu", name=f"dense{i}")(x)
+        if rate := rates.pop(0):
+            x = layers.Dropout(rate, name=f"dense{i}_dropout")(x)
+    outputs = layers.Dense(num_classes, dtype="float32", name="logits")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+CNN_ARGS = {k: p.default for k, p in inspect.signature(build_cnn).parameters.items()}
+
+# The tutorial's network, and the same network with its dropout answer to overfitting.
+register_model("baseline", name="baseline")
+register_model("dropout", dropout_rates=(0.25, 0.25, 0.4, 0.3), name="dropout")

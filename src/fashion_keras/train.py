@@ -1,0 +1,292 @@
+"""Training: `train(config)` runs `model.fit` and leaves a complete run directory.
+
+A run directory holds `config.yaml` (written first), `history.csv` and `best.keras`
+(updated every epoch), `logs/` (TensorBoard), `backup/` (while the run is unfinished),
+and at the end `model.keras` and `metrics.json` (written last: its presence means the
+run is complete). Running the same command with the same `--output` after a crash
+resumes from the last completed epoch.
+"""
+
+import dataclasses
+import math
+import platform
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from fashion_keras import callbacks as cb
+from fashion_keras import config as cfg
+from fashion_keras import files
+from fashion_keras.data import load_data
+from fashion_keras.models import build_model
+
+
+class RunError(ValueError):
+    """The run directory cannot be used as asked."""
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on Ctrl-C; the backup lets the same command resume."""
+
+    def __init__(self, run_dir, epochs_done):
+        super().__init__(
+            f"interrupted after {epochs_done} completed epoch(s); run the same command with "
+            f"--output {run_dir} to resume"
+        )
+        self.run_dir = run_dir
+        self.epochs_done = epochs_done
+
+
+@dataclasses.dataclass
+class TrainResult:
+    model: keras.Model
+    history: pd.DataFrame  # one row per epoch, as in history.csv
+    metrics: dict  # as in metrics.json
+    run_dir: Path
+
+
+def make_strategy(strategy="auto", cpu_devices=None):
+    """Returns the `tf.distribute.Strategy` asked for.
+
+    Args:
+        strategy: `"auto"` (MirroredStrategy when several GPUs are visible, else the default
+            single-device strategy), `"single"`, or `"mirrored"`.
+        cpu_devices: with `"mirrored"`, split the CPU into this many logical devices and
+            mirror over them (how multi-device training is tested without GPUs). Must be
+            set before TensorFlow initialises its devices.
+    """
+    gpus = tf.config.list_physical_devices("GPU")
+    if strategy == "mirrored" and cpu_devices:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        if len(tf.config.list_logical_devices("CPU")) != cpu_devices:
+            try:
+                tf.config.set_logical_device_configuration(
+                    cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_devices
+                )
+            except RuntimeError:
+                raise RunError(
+                    "distribute.cpu_devices must be set before TensorFlow starts; run it in "
+                    "a fresh process"
+                ) from None
+        return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(cpu_devices)])
+    if strategy == "mirrored" or (strategy == "auto" and len(gpus) > 1):
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def strategy_name(strategy):
+    name = type(strategy).__name__
+    return "default (one device)" if name.startswith("_Default") else name
+
+
+def describe_device():
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        names = [
+            tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus
+        ]
+        return f"{len(gpus)} GPU: {', '.join(names)}"
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next(
+                line.split(":", 1)[1].strip() for line in f if line.startswith("model name")
+            )
+    except (OSError, StopIteration):
+        name = platform.processor() or platform.machine()
+    return f"CPU: {name}"
+
+
+def make_dataset(x, y, batch_size, seed, first_epoch, epochs):
+    """Training batches for epochs `first_epoch..epochs-1`, as one stream.
+
+    Each epoch's order is a stateless shuffle seeded by `(seed, epoch)`, so a run resumed
+    at epoch k sees exactly the batches an uninterrupted run would.
+    """
+    n = len(x)
+    x, y = tf.constant(x), tf.constant(y)
+
+    def epoch_indices(epoch):
+        order = tf.random.experimental.stateless_shuffle(tf.range(n), seed=tf.stack([seed, epoch]))
+        return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+
+    return (
+        tf.data.Dataset.range(first_epoch, epochs)
+        .flat_map(epoch_indices)
+        .map(
+            lambda idx: (tf.gather(x, idx), tf.gather(y, idx)), num_parallel_calls=tf.data.AUTOTUNE
+        )
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+
+def prepare_run_dir(config, output=None):
+    """Creates (or reopens, to resume) the run directory and writes `config.yaml`."""
+    if output is None:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        output = Path("runs") / f"{config.run_name}-{stamp}"
+    run_dir = Path(output)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunError(f"--output {run_dir} is a file, not a directory")
+    if (run_dir / "metrics.json").exists():
+        raise RunError(
+            f"{run_dir} already holds a finished run (metrics.json); choose another --output"
+        )
+    text = cfg.dump_config(config)
+    saved = run_dir / "config.yaml"
+    if saved.exists() and saved.read_text() != text:
+        raise RunError(
+            f"{run_dir} holds an unfinished run with a different config.yaml; resume it with the "
+            "same config and overrides, or choose another --output"
+        )
+    try:
+        files.check_writable(run_dir)
+        files.write_text(saved, text)
+    except OSError as e:
+        raise RunError(f"cannot write to {run_dir}: {e.strerror or e}") from None
+    return run_dir
+
+
+def train(config, output=None, verbose=None):
+    """Trains the configured model and writes a complete run directory.
+
+    Args:
+        config: a `Config` (see `fashion_keras.config.load_config`).
+        output: the run directory; default `runs/<name>-<timestamp>/`. An unfinished run
+            there is resumed.
+        verbose: Keras' fit verbosity; default a progress bar on a terminal, one line per
+            epoch otherwise.
+
+    Returns:
+        A `TrainResult` with the model, the per-epoch history, the metrics and the run dir.
+
+    Example:
+        >>> config = load_config("configs/baseline.yaml", ["training.epochs=1"])
+        >>> train(config).metrics["test_accuracy"]
+    """
+    started = time.perf_counter()
+    if verbose is None:
+        verbose = 1 if sys.stdout.isatty() else 2
+    run_dir = prepare_run_dir(config, output)
+    t = config.training
+    strategy = make_strategy(config.distribute.strategy, config.distribute.cpu_devices)
+    keras.utils.set_random_seed(config.seed)
+    if t.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    replicas = strategy.num_replicas_in_sync
+    global_batch = t.batch_size * replicas
+    device = describe_device()
+    print(
+        f"Run {run_dir}: device {device}; strategy {strategy_name(strategy)} with {replicas} "
+        f"replica(s); global batch {global_batch}",
+        flush=True,
+    )
+
+    with strategy.scope():
+        model = build_model(**config.model_kwargs())
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate=t.learning_rate),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
+
+    start = time.perf_counter()
+    (x_train, y_train), (x_val, y_val), (x_test, y_test) = load_data(
+        **dataclasses.asdict(config.data)
+    )
+    load_time = time.perf_counter() - start
+
+    backup_dir = run_dir / "backup"
+    first_epoch = cb.ResumableBackup.saved_epoch(backup_dir)
+    if first_epoch:
+        print(f"Resuming after epoch {first_epoch} from {backup_dir}", flush=True)
+    earlier = [
+        r["val_loss"] for r in cb.read_history(run_dir / "history.csv") if r["epoch"] <= first_epoch
+    ]
+    callbacks = [
+        cb.EpochTimer(),
+        cb.HistoryCSV(run_dir / "history.csv"),
+        keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs")),
+        cb.AtomicModelCheckpoint(
+            str(run_dir / "best.keras"),
+            monitor="val_loss",
+            save_best_only=True,
+            initial_value_threshold=min(earlier) if earlier else None,
+        ),
+        cb.ResumableBackup(str(backup_dir)),  # last: an epoch counts as done once all above ran
+    ]
+    steps = math.ceil(len(x_train) / global_batch)
+    dataset = make_dataset(x_train, y_train, global_batch, config.seed, first_epoch, t.epochs)
+    fit_start = time.perf_counter()
+    try:
+        model.fit(
+            dataset,
+            epochs=t.epochs,
+            steps_per_epoch=steps,
+            validation_data=(x_val, y_val),
+            shuffle=False,  # make_dataset shuffles, reproducibly
+            callbacks=callbacks,
+            verbose=verbose,
+        )
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(run_dir, cb.ResumableBackup.saved_epoch(backup_dir)) from None
+    fit_time = time.perf_counter() - fit_start
+
+    test_loss, test_accuracy = model.evaluate(x_test, y_test, batch_size=global_batch, verbose=0)
+    history = pd.DataFrame(cb.read_history(run_dir / "history.csv"))
+    best = history.loc[history["val_loss"].idxmin()]
+    epochs_run = t.epochs - first_epoch
+    metrics = {
+        "test_loss": float(test_loss),
+        "test_accuracy": float(test_accuracy),
+        "best_epoch": int(best["epoch"]),
+        "best_val_loss": float(best["val_loss"]),
+        "epochs": int(t.epochs),
+        "resumed_from_epoch": int(first_epoch),
+        "wall_time_s": round(time.perf_counter() - started, 2),
+        "fit_time_s": round(fit_time, 2),
+        "seconds_per_epoch": round(float(np.median(history["epoch_time"].tail(epochs_run))), 2),
+        "train_images_per_s": round(len(x_train) * epochs_run / fit_time, 1),
+        "data_load_s": round(load_time, 3),
+        "train_size": len(x_train),
+        "val_size": len(x_val),
+        "test_size": len(x_test),
+        "global_batch_size": global_batch,
+        "device": device,
+        "strategy": strategy_name(strategy),
+        "replicas": replicas,
+        "tensorflow_version": tf.__version__,
+        "keras_version": keras.__version__,
+    }
+    files.save_model(model, run_dir / "model.keras")
+    files.write_json(run_dir / "metrics.json", metrics)  # last: marks the run complete
+    print(
+        f"Test accuracy {test_accuracy:.4f}, test loss {test_loss:.4f}; best epoch "
+        f"{metrics['best_epoch']} (val loss {metrics['best_val_loss']:.4f}); {run_dir}",
+        flush=True,
+    )
+    return TrainResult(model=model, history=history, metrics=metrics, run_dir=run_dir)
+
+
+def evaluate_run(run_dir, data_dir=None, checkpoint="model.keras"):
+    """Evaluates a run's saved model on the test set (loaded in Keras' safe mode).
+
+    Returns:
+        `{"test_loss": ..., "test_accuracy": ...}`.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / checkpoint
+    if not path.is_file():
+        raise RunError(f"{path} not found; is {run_dir} a finished run directory?")
+    config = cfg.load_config(run_dir / "config.yaml")
+    model = keras.saving.load_model(path, safe_mode=True)
+    data = dataclasses.asdict(config.data)
+    data["data_dir"] = data_dir or data["data_dir"]
+    _, _, (x_test, y_test) = load_data(**data)
+    loss, accuracy = model.evaluate(x_test, y_test, batch_size=256, verbose=0)
+    return {"test_loss": float(loss), "test_accuracy": float(accuracy)}

@@ -1,0 +1,91 @@
+import json
+
+import keras
+import pandas as pd
+import pytest
+from conftest import CONFIGS, SMOKE, run_cli
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--config", "nope.yaml"], "config file nope.yaml not found"),
+        (
+            ["train", "--config", CONFIGS / "baseline.yaml", "--set", "training.epochz=3"],
+            "did you mean training.epochs?",
+        ),
+        (
+            ["train", "--config", CONFIGS / "baseline.yaml", "--set", "training.batch_size=0"],
+            "training.batch_size must be at least 1",
+        ),
+        (
+            ["train", "--config", CONFIGS / "baseline.yaml", "--data-dir", "/nonexistent"],
+            "/nonexistent (from --data-dir): not a directory",
+        ),
+        (["evaluate", "/nonexistent-run"], "/nonexistent-run/model.keras not found"),
+        (["data", "--data-dir", "/nonexistent"], "not a directory"),
+    ],
+)
+def test_user_mistakes_are_one_line_and_exit_2(args, message, tmp_path):
+    result = run_cli(*args, "--output", tmp_path / "run") if args[0] == "train" else run_cli(*args)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [
+        line for line in result.stderr.splitlines() if line.startswith("fashion-keras: error:")
+    ]
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert not (tmp_path / "run" / "history.csv").exists()
+
+
+def test_help_everywhere():
+    for command in ([], ["train"], ["evaluate"], ["data"]):
+        result = run_cli(*command, "--help")
+        assert result.returncode == 0 and "usage: fashion-keras" in result.stdout
+
+
+def test_data_check_verifies_the_real_files():
+    result = run_cli("data", "--check", "--no-download")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("SHA-256 OK") == 4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["baseline", "dropout"])
+def test_train_one_epoch_writes_a_complete_run_directory(variant, tmp_path):
+    run_dir = tmp_path / variant
+    sets = [arg for s in SMOKE for arg in ("--set", s)]
+    result = run_cli("train", "--config", CONFIGS / f"{variant}.yaml", *sets, "--output", run_dir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for name in ("model.keras", "best.keras", "history.csv", "metrics.json", "config.yaml"):
+        assert (run_dir / name).is_file(), name
+    assert any((run_dir / "logs").rglob("events.out.tfevents.*"))
+    assert not (run_dir / "backup").exists()
+    history = pd.read_csv(run_dir / "history.csv")
+    assert history["epoch"].tolist() == [1]
+    assert {"loss", "accuracy", "val_loss", "val_accuracy", "epoch_time"} <= set(history.columns)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["train_size"] == 1000 and metrics["test_size"] == 500
+    # One epoch on 1,000 images: well above chance (0.1), nowhere near converged.
+    assert 0.15 < metrics["test_accuracy"] <= 1 and metrics["best_epoch"] == 1
+    for key in (
+        "test_loss",
+        "best_val_loss",
+        "wall_time_s",
+        "train_images_per_s",
+        "tensorflow_version",
+        "keras_version",
+        "device",
+        "strategy",
+    ):
+        assert key in metrics
+    model = keras.saving.load_model(run_dir / "model.keras", safe_mode=True)
+    assert model.count_params() == 356_234
+
+    evaluated = run_cli("evaluate", run_dir)
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert json.loads(evaluated.stdout)["test_accuracy"] == pytest.approx(
+        metrics["test_accuracy"], abs=1e-6
+    )
+
+    again = run_cli("train", "--config", CONFIGS / f"{variant}.yaml", *sets, "--output", run_dir)
+    assert again.returncode == 2 and "already holds a finished run" in again.stderr

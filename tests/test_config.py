@@ -1,0 +1,76 @@
+import pytest
+from conftest import CONFIGS
+
+from fashion_keras.config import ConfigError, from_dict, load_config
+
+
+def test_shipped_configs_hold_the_tutorial_recipe():
+    for name in ("baseline", "dropout"):
+        config = load_config(CONFIGS / f"{name}.yaml")
+        assert config.model["variant"] == name
+        assert config.training.learning_rate == 1e-3 and config.training.batch_size == 128
+        assert config.data.validation_size == 5000 and config.data.train_limit is None
+
+
+def test_overrides_are_typed_and_nested():
+    config = load_config(
+        CONFIGS / "baseline.yaml",
+        [
+            "training.epochs=3",
+            "data.train_limit=1000",
+            "seed=7",
+            "model.dropout_rates=[0.1,0.1,0.1,0.1]",
+        ],
+    )
+    assert config.training.epochs == 3 and config.data.train_limit == 1000 and config.seed == 7
+    assert config.model_kwargs()["dropout_rates"] == (0.1, 0.1, 0.1, 0.1)
+    assert load_config(None, ["training.learning_rate=1"]).training.learning_rate == 1.0
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"trainig": {}}, "unknown config key 'trainig' (did you mean training?)"),
+        (
+            {"training": {"epoch": 3}},
+            "unknown config key 'training.epoch' (did you mean training.epochs?)",
+        ),
+        ({"training": {"epochs": "ten"}}, "training.epochs: expected int, got str 'ten'"),
+        ({"training": {"epochs": 2.5}}, "training.epochs: expected int"),
+        ({"training": {"deterministic": "yes"}}, "training.deterministic: expected bool"),
+        (
+            {"training": {"epochs": 0}},
+            "training.epochs must be at least 1. Received: training.epochs=0",
+        ),
+        ({"training": {"batch_size": 0}}, "training.batch_size must be at least 1"),
+        ({"training": {"learning_rate": 0}}, "training.learning_rate must be greater than 0"),
+        ({"training": {"learning_rate": -1e-3}}, "training.learning_rate must be greater than 0"),
+        ({"data": {"train_limit": 60000}}, "data.train_limit must be between 10 and 55000"),
+        ({"data": {"eval_limit": 5}}, "data.eval_limit must be between 10 and 5000"),
+        (
+            {"model": {"variant": "dropout", "dropout_rates": [0.5, 0.5, 1.5, 0.1]}},
+            "model: Each dropout rate",
+        ),
+        ({"model": {"variant": "vgg"}}, "model: Unknown model variant 'vgg'"),
+        (
+            {"distribute": {"strategy": "tpu"}},
+            "distribute.strategy must be one of auto, single, mirrored",
+        ),
+        ({"training": 3}, "training: expected a mapping"),
+    ],
+)
+def test_bad_values_name_the_key(values, message):
+    with pytest.raises(ConfigError) as e:
+        from_dict(values)
+    assert message in str(e.value)
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("training:\n  epochs: [1\n")
+    with pytest.raises(ConfigError, match=r"YAML syntax error at line \d+, column \d+"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="not KEY=VALUE"):
+        load_config(None, ["training.epochs"])

@@ -1,0 +1,208 @@
+import functools
+import gzip
+import http.server
+import threading
+
+import numpy as np
+import pytest
+from conftest import idx_bytes, write_idx
+
+from fashion_keras import data
+from fashion_keras.data import DataError, IdxFile, read_idx, read_split
+
+IMAGES = np.arange(3 * 28 * 28, dtype=np.uint8).reshape(3, 28, 28)
+LABELS = np.array([0, 9, 4], dtype=np.uint8)
+
+
+def test_read_idx_round_trips_images_and_labels(tmp_path):
+    sha = write_idx(tmp_path / "i.gz", IMAGES)
+    write_idx(tmp_path / "l.gz", LABELS)
+    images = read_idx(tmp_path / "i.gz", IdxFile("i.gz", sha, (3, 28, 28)))
+    np.testing.assert_array_equal(images, IMAGES)
+    np.testing.assert_array_equal(read_idx(tmp_path / "l.gz"), LABELS)
+
+
+def _broken(tmp_path, case):
+    """Writes one broken file; returns (path, spec or None)."""
+    p = tmp_path / "f.gz"
+    spec = IdxFile("f.gz", "0" * 64, (3, 28, 28))
+    if case == "missing":
+        return tmp_path / "absent.gz", None
+    if case == "empty":
+        p.write_bytes(b"")
+    elif case == "empty-gzip":
+        p.write_bytes(gzip.compress(b""))
+    elif case == "truncated-gzip":
+        p.write_bytes(gzip.compress(idx_bytes(IMAGES))[:200])
+    elif case == "not-gzip":
+        p.write_bytes(idx_bytes(IMAGES))
+    elif case == "magic":
+        write_idx(p, IMAGES, magic=b"\x00\x00\x0d\x03")
+    elif case == "dimensions":
+        write_idx(p, IMAGES.reshape(3, 14, 56))
+    elif case == "count-larger-than-data":
+        write_idx(p, raw=idx_bytes(IMAGES)[:-100])
+    elif case == "trailing-data":
+        write_idx(p, raw=idx_bytes(IMAGES) + b"\x00" * 7)
+    elif case == "checksum":
+        write_idx(p, IMAGES)
+        spec = IdxFile("f.gz", "0" * 64, (3, 28, 28))
+        return p, spec
+    elif case == "wrong-count":
+        write_idx(p, IMAGES[:2])
+    elif case == "directory":
+        p.mkdir()
+    return p, spec
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing", "file not found"),
+        ("empty", "empty or too short"),
+        ("empty-gzip", "empty or too short"),
+        ("truncated-gzip", "truncated or corrupt gzip"),
+        ("not-gzip", "not a gzip file"),
+        ("magic", "wrong magic number"),
+        ("dimensions", "item shape is (14, 56)"),
+        ("count-larger-than-data", "header says 3 items"),
+        ("trailing-data", "trailing data"),
+        ("checksum", "checksum mismatch"),
+        ("wrong-count", "holds 2 items, expected 3"),
+        ("directory", "is a directory"),
+    ],
+)
+def test_read_idx_names_the_file_and_the_problem(tmp_path, case, message):
+    path, spec = _broken(tmp_path, case)
+    with pytest.raises(DataError) as e:
+        read_idx(path, spec)
+    assert str(path) in str(e.value)
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_read_split_checks_counts_agree_and_label_range(tmp_path):
+    write_idx(tmp_path / "i.gz", IMAGES)
+    write_idx(tmp_path / "l2.gz", LABELS[:2])
+    with pytest.raises(DataError, match="holds 3 images but .* holds 2 labels"):
+        read_split(tmp_path / "i.gz", tmp_path / "l2.gz")
+    write_idx(tmp_path / "bad.gz", np.array([0, 10, 3]))
+    with pytest.raises(DataError, match="label 10 at index 1 is outside 0-9"):
+        read_split(tmp_path / "i.gz", tmp_path / "bad.gz")
+
+
+def test_search_order_named_dir_then_keras_cache_then_debian(small_dataset, tmp_path, monkeypatch):
+    keras_dir = data.keras_cache_dir()
+    debian = tmp_path / "debian"
+    monkeypatch.setattr(data, "DEBIAN_DIR", debian)
+    with pytest.raises(DataError) as e:
+        data.find_data_dir(download=False)
+    assert str(keras_dir) in str(e.value) and str(debian) in str(e.value)
+    assert "make data" in str(e.value) and "dataset-fashion-mnist" in str(e.value)
+
+    debian.symlink_to(small_dataset)
+    assert data.find_data_dir(download=False) == (debian, "Debian package")
+    keras_dir.parent.mkdir(parents=True)
+    keras_dir.symlink_to(small_dataset)
+    assert data.find_data_dir(download=False) == (keras_dir, "Keras cache")
+    monkeypatch.setenv("FASHION_KERAS_DATA", str(small_dataset))
+    assert data.find_data_dir() == (small_dataset, "FASHION_KERAS_DATA")
+    assert data.find_data_dir(small_dataset) == (small_dataset, "--data-dir")
+
+
+def test_named_directory_is_authoritative(small_dataset, tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "DEBIAN_DIR", small_dataset)  # a good copy exists elsewhere
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match="missing train-images-idx3-ubyte.gz"):
+        data.find_data_dir(empty)
+    with pytest.raises(DataError, match="not a directory"):
+        data.find_data_dir(tmp_path / "nowhere")
+    (small_dataset / "t10k-labels-idx1-ubyte.gz").write_bytes(b"garbage")
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz: not a gzip file"):
+        data.read_files(small_dataset, cache=False)
+
+
+@pytest.fixture
+def mirror(small_dataset):
+    """A local HTTP server serving the small files, standing in for the Keras mirror."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(small_dataset))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+def test_download_fetches_verifies_and_caches(mirror, monkeypatch):
+    monkeypatch.setenv("FASHION_KERAS_MIRROR", mirror)
+    directory, source = data.find_data_dir()
+    assert (directory, source) == (data.keras_cache_dir(), "download")
+    assert sorted(p.name for p in directory.iterdir()) == sorted(
+        s.filename for s in data.FILES.values()
+    )
+    assert data.find_data_dir(download=False)[1] == "Keras cache"
+
+
+def test_download_rejects_a_corrupt_file_and_leaves_nothing(mirror, small_dataset, monkeypatch):
+    monkeypatch.setenv("FASHION_KERAS_MIRROR", mirror)
+    (small_dataset / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"\0\0\x08\x01junk"))
+    with pytest.raises(DataError, match="train-labels-idx1-ubyte.gz"):
+        data.find_data_dir()
+    leftovers = [p.name for p in data.keras_cache_dir().iterdir()]
+    assert "train-labels-idx1-ubyte.gz" not in leftovers
+    assert not [name for name in leftovers if name.endswith(".part")]
+
+
+def test_offline_error_lists_every_place_and_the_fix(small_dataset, monkeypatch):
+    monkeypatch.setenv("FASHION_KERAS_MIRROR", "http://127.0.0.1:9/")  # discard port: refused
+    with pytest.raises(DataError) as e:
+        data.find_data_dir()
+    message = str(e.value)
+    for expected in (
+        str(data.keras_cache_dir()),
+        str(data.DEBIAN_DIR),
+        "download failed",
+        "make data",
+    ):
+        assert expected in message
+
+
+def test_load_data_small_files_split_and_limits(small_dataset):
+    (x, y), (xv, yv), (xt, yt) = data.load_data(small_dataset, validation_size=10)
+    assert (
+        x.shape == (50, 28, 28, 1) and xv.shape == (10, 28, 28, 1) and xt.shape == (20, 28, 28, 1)
+    )
+    assert x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1
+    (x, y), _, (xt, yt) = data.load_data(
+        small_dataset, validation_size=10, train_limit=20, eval_limit=10
+    )
+    assert np.bincount(y).tolist() == [2] * 10 and len(yt) == 10
+    _, _, (_, yt) = data.load_data(small_dataset, validation_size=10, one_hot=True)
+    assert yt.shape == (20, 10) and yt.sum() == 20
+    with pytest.raises(ValueError, match="train_limit=51 is larger than the 50 examples"):
+        data.load_data(small_dataset, validation_size=10, train_limit=51)
+
+
+def test_decoded_cache_is_used_and_invalidated(small_dataset):
+    first = data.read_files(small_dataset)
+    cached = list((data.keras_cache_dir() / "decoded").glob("*.npz"))
+    assert len(cached) == 1
+    again = data.read_files(small_dataset)
+    np.testing.assert_array_equal(first["train_images"], again["train_images"])
+    # Replacing a file changes its stats, so the cache is not trusted for it.
+    (small_dataset / "t10k-images-idx3-ubyte.gz").write_bytes(b"garbage")
+    with pytest.raises(DataError, match="not a gzip file"):
+        data.read_files(small_dataset)
+
+
+def test_real_data_split_sizes_and_class_names():
+    (x, y), (xv, yv), (xt, yt) = data.load_data(download=False)
+    assert (len(x), len(xv), len(xt)) == (55000, 5000, 10000)
+    assert x.shape[1:] == (28, 28, 1) and x.dtype == np.float32
+    assert float(x.max()) == 1.0 and float(x.min()) == 0.0
+    assert np.bincount(np.concatenate([y, yv])).tolist() == [6000] * 10
+    assert np.bincount(yt).tolist() == [1000] * 10
+    assert data.CLASS_NAMES[0] == "T-shirt/top" and data.CLASS_NAMES[9] == "Ankle boot"

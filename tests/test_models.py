@@ -1,0 +1,67 @@
+import numpy as np
+import pytest
+
+from fashion_keras import build_cnn, build_model, list_models
+
+
+def test_registry_lists_both_variants():
+    assert {"baseline", "dropout"} <= set(list_models())
+
+
+def test_baseline_is_the_tutorial_network():
+    model = build_model("baseline")
+    assert model.count_params() == 356_234
+    assert model.output_shape == (None, 10)
+    assert model.get_layer("block3_pool").output.shape[1:] == (4, 4, 128)
+    convs = [layer for layer in model.layers if layer.name.endswith("_conv")]
+    assert [c.filters for c in convs] == [32, 64, 128]
+    assert all(c.kernel_size == (3, 3) and c.padding == "same" for c in convs)
+    assert all(type(c.kernel_initializer).__name__ == "GlorotUniform" for c in convs)
+    assert not [layer for layer in model.layers if "dropout" in layer.name]
+
+
+def test_dropout_variant_same_parameters_with_four_dropouts():
+    model = build_model("dropout")
+    assert model.count_params() == 356_234
+    rates = [layer.rate for layer in model.layers if "dropout" in layer.name]
+    assert rates == [0.25, 0.25, 0.4, 0.3]
+    custom = build_model("dropout", dropout_rates=(0.1, 0.2, 0.3, 0.5))
+    assert [layer.rate for layer in custom.layers if "dropout" in layer.name] == [
+        0.1,
+        0.2,
+        0.3,
+        0.5,
+    ]
+
+
+def test_output_is_logits_for_a_batch():
+    model = build_model("baseline")
+    out = model.predict(np.zeros((4, 28, 28, 1), "float32"), verbose=0)
+    assert out.shape == (4, 10)
+    assert not np.allclose(out.sum(axis=1), 1.0)  # logits, not probabilities
+
+
+def test_generic_builder_makes_other_shapes():
+    model = build_cnn(filters=(8, 16), units=(32, 16), batch_norm=True, num_classes=3)
+    assert model.output_shape == (None, 3)
+    assert model.get_layer("block2_bn") is not None
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"variant": "resnet"}, "Unknown model variant 'resnet'. Available: baseline, dropout"),
+        ({"variant": "dropout", "dropout_rates": (0.5, 0.5, 1.0, 0.2)}, "[0, 1)"),
+        ({"variant": "dropout", "dropout_rates": (-0.1, 0.5, 0.5, 0.2)}, "[0, 1)"),
+        ({"variant": "dropout", "dropout_rates": (0.5,)}, "dropout_rates must be None or 4 rates"),
+        ({"filters": (32, 0)}, "filters must be positive integers. Received: filters=(32, 0)"),
+        ({"units": -1}, "units must be positive integers"),
+        ({"kernel_size": 2.5}, "kernel_size must be positive integers"),
+        ({"num_classes": 0}, "num_classes"),
+        ({"dropout_rate": 0.5}, "did you mean 'dropout_rates'?"),
+    ],
+)
+def test_bad_arguments_raise_value_error_naming_them(kwargs, message):
+    with pytest.raises(ValueError) as e:
+        build_model(**kwargs)
+    assert message in str(e.value)
