@@ -3,6 +3,7 @@ import json
 import keras
 import pandas as pd
 import pytest
+
 from conftest import CONFIGS, SMOKE, run_cli
 
 

@@ -1,6 +1,6 @@
 import pytest
-from conftest import CONFIGS
 
+from conftest import CONFIGS
 from fashion_keras.config import ConfigError, from_dict, load_config
 
 

@@ -5,8 +5,8 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import idx_bytes, write_idx
 
+from conftest import idx_bytes, write_idx
 from fashion_keras import data
 from fashion_keras.data import DataError, IdxFile, read_idx, read_split
 

@@ -47,7 +47,7 @@ def _data(args):
     directory, source = data.find_data_dir(args.data_dir, download=not args.no_download)
     print(f"Fashion-MNIST files: {directory} ({source})")
     if args.check:
-        for key, spec in data.FILES.items():
+        for spec in data.FILES.values():
             array = data.read_idx(directory / spec.filename, spec)
             print(f"  {spec.filename}: {array.shape[0]} items, SHA-256 OK")
 

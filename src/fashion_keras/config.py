@@ -21,10 +21,10 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass
 class DataConfig:
-    data_dir: typing.Optional[str] = None  # None: search (see fashion_keras.data)
+    data_dir: str | None = None  # None: search (see fashion_keras.data)
     validation_size: int = 5000  # taken from the start of the official training file
-    train_limit: typing.Optional[int] = None  # class-balanced cap on training images
-    eval_limit: typing.Optional[int] = None  # likewise for validation and test
+    train_limit: int | None = None  # class-balanced cap on training images
+    eval_limit: int | None = None  # likewise for validation and test
 
 
 @dataclasses.dataclass
@@ -38,12 +38,12 @@ class TrainingConfig:
 @dataclasses.dataclass
 class DistributeConfig:
     strategy: str = "auto"  # auto | single | mirrored
-    cpu_devices: typing.Optional[int] = None  # mirrored over N logical CPUs (for testing)
+    cpu_devices: int | None = None  # mirrored over N logical CPUs (for testing)
 
 
 @dataclasses.dataclass
 class Config:
-    name: typing.Optional[str] = None  # run name; defaults to the model variant
+    name: str | None = None  # run name; defaults to the model variant
     seed: int = 42
     model: dict = dataclasses.field(default_factory=lambda: {"variant": "baseline"})
     data: DataConfig = dataclasses.field(default_factory=DataConfig)

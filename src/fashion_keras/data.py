@@ -308,7 +308,7 @@ def read_files(data_dir=None, download=True, cache=True):
     test = read_split(
         f["test_images"], f["test_labels"], FILES["test_images"], FILES["test_labels"]
     )
-    arrays = dict(zip(FILES, (*train, *test)))
+    arrays = dict(zip(FILES, (*train, *test), strict=True))
     if cache_path is not None:
         _write_npz_atomic(cache_path, **arrays)
     return {**arrays, "directory": directory, "source": source}
