@@ -1,7 +1,8 @@
 import pytest
 
-from conftest import CONFIGS
 from fashion_keras.config import ConfigError, from_dict, load_config
+
+from conftest import CONFIGS
 
 
 def test_shipped_configs_hold_the_tutorial_recipe():

@@ -6,9 +6,10 @@ import threading
 import numpy as np
 import pytest
 
-from conftest import idx_bytes, write_idx
 from fashion_keras import data
 from fashion_keras.data import DataError, IdxFile, read_idx, read_split
+
+from conftest import idx_bytes, write_idx
 
 IMAGES = np.arange(3 * 28 * 28, dtype=np.uint8).reshape(3, 28, 28)
 LABELS = np.array([0, 9, 4], dtype=np.uint8)

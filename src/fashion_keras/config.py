@@ -7,6 +7,7 @@ Every mistake is a `ConfigError` naming the key, raised before anything is train
 
 import dataclasses
 import difflib
+import types
 import typing
 from pathlib import Path
 
@@ -63,17 +64,18 @@ class Config:
 
 
 STRATEGIES = ("auto", "single", "mirrored")
+_UNIONS = (typing.Union, types.UnionType)
 
 
 def _type_name(hint):
-    if typing.get_origin(hint) is typing.Union:
+    if typing.get_origin(hint) in _UNIONS:
         return " or ".join(_type_name(a) for a in typing.get_args(hint))
     return {type(None): "null"}.get(hint, getattr(hint, "__name__", str(hint)))
 
 
 def _coerce(key, value, hint):
     """Checks `value` against the type `hint`; returns it (ints are accepted as floats)."""
-    if typing.get_origin(hint) is typing.Union:
+    if typing.get_origin(hint) in _UNIONS:
         for arg in typing.get_args(hint):
             if arg is type(None) and value is None:
                 return None

@@ -144,6 +144,8 @@ def prepare_run_dir(config, output=None):
             f"{run_dir} holds an unfinished run with a different config.yaml; resume it with the "
             "same config and overrides, or choose another --output"
         )
+    for stale in run_dir.rglob(".*.part*"):  # temporaries of a killed run; never complete
+        stale.unlink()
     try:
         files.check_writable(run_dir)
         files.write_text(saved, text)
