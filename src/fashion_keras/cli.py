@@ -15,6 +15,9 @@ examples:
   fashion-keras train --config configs/baseline.yaml
   fashion-keras train --config configs/dropout.yaml --set training.epochs=3 --output runs/try
   fashion-keras evaluate runs/try
+  fashion-keras report runs/baseline
+  fashion-keras compare runs/baseline runs/dropout --output runs/comparison
+  fashion-keras predict --model runs/baseline/model.keras shirt.png batch.npy
   fashion-keras data --check
 """
 
@@ -50,6 +53,45 @@ def _data(args):
         for spec in data.FILES.values():
             array = data.read_idx(directory / spec.filename, spec)
             print(f"  {spec.filename}: {array.shape[0]} items, SHA-256 OK")
+
+
+def _report(args):
+    from fashion_keras.report import write_report
+
+    print(write_report(args.run_dir, data_dir=args.data_dir))
+
+
+def _compare(args):
+    from fashion_keras.compare import write_comparison
+
+    print(write_comparison(args.run_dirs, args.output))
+
+
+def _predict(args):
+    from fashion_keras.predict import predict_files
+
+    results = predict_files(args.model, args.inputs, top=args.top)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    for r in results:
+        if "error" in r:
+            print(f"fashion-keras: error: {r['file']}: {r['error']}", file=sys.stderr)
+        elif not args.json:
+            label = r["file"] + (
+                f"[{r['index']}]" if r["index"] or r["file"].endswith(".npy") else ""
+            )
+            print(label + ": " + ", ".join(f"{name} {p:.1%}" for name, p in r["top"]))
+    return 1 if any("error" in r for r in results) else 0
+
+
+PREDICT_HELP = """\
+Images are converted to 8-bit grayscale and resized to 28x28 when they are not 28x28
+already; pixels are scaled to [0, 1] and not inverted (Fashion-MNIST shows light garments
+on a dark background). .npy files must hold 28x28 images shaped (28, 28), (28, 28, 1),
+(N, 28, 28) or (N, 28, 28, 1) as uint8 or floats in [0, 1]; they are never resized and
+are read without pickle. A file that cannot be read is reported on stderr and the others
+are still predicted; the exit status is then 1. Models load in Keras' safe mode.
+"""
 
 
 def build_parser():
@@ -94,6 +136,41 @@ def build_parser():
     )
     p.set_defaults(func=_evaluate)
 
+    p = sub.add_parser(
+        "report", help="write RUN_DIR/report/ (curves, samples, metrics, index.html)"
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument(
+        "--data-dir", metavar="DIR", help="directory with the four Fashion-MNIST .gz files"
+    )
+    p.set_defaults(func=_report)
+
+    p = sub.add_parser(
+        "compare", help="compare runs: overlaid curves, gap, verdicts, seed statistics"
+    )
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument(
+        "--output", default="runs/comparison", metavar="DIR", help="default runs/comparison"
+    )
+    p.set_defaults(func=_compare)
+
+    p = sub.add_parser(
+        "predict",
+        help="class probabilities for images or .npy batches",
+        description=PREDICT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--model",
+        required=True,
+        metavar="PATH",
+        help="a .keras file, e.g. runs/baseline/model.keras",
+    )
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_NPY")
+    p.add_argument("--top", type=int, default=3, help="classes to show per image (default 3)")
+    p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    p.set_defaults(func=_predict)
+
     p = sub.add_parser("data", help="find (or download) the data and say where it is")
     p.add_argument("--check", action="store_true", help="also verify every file's SHA-256")
     p.add_argument("--data-dir", metavar="DIR", help="use this directory instead of searching")
@@ -110,7 +187,7 @@ def main(argv=None):
     from fashion_keras.train import TrainingInterrupted
 
     try:
-        args.func(args)
+        status = args.func(args)
     except TrainingInterrupted as e:
         print(f"fashion-keras: {e}", file=sys.stderr)
         return 130
@@ -123,7 +200,7 @@ def main(argv=None):
         message = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"fashion-keras: error: {message}", file=sys.stderr)
         return 2
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,129 @@
+"""Class probabilities for image files and `.npy` batches, one clear error per bad file.
+
+Images (PNG, JPEG, anything Pillow reads) are converted to 8-bit grayscale and, when not
+28×28, resized to 28×28; pixels are scaled to [0, 1] and *not* inverted, so they should
+look like Fashion-MNIST: a light garment on a dark background. `.npy` files must hold
+28×28 images, shaped (28, 28), (28, 28, 1), (N, 28, 28) or (N, 28, 28, 1), as uint8
+(0–255) or floats in [0, 1]; they are read without pickle and never resized.
+"""
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from fashion_keras.data import CLASS_NAMES
+
+MAX_PIXELS = 4096 * 4096  # larger images are refused rather than decoded
+MAX_BATCH = 1_000_000
+
+
+class InputError(ValueError):
+    """One input file cannot be predicted; the message says why."""
+
+
+def _read_npy(path):
+    try:
+        with warnings.catch_warnings():  # a lying header overflows numpy's size arithmetic
+            warnings.simplefilter("ignore", RuntimeWarning)
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError, OverflowError, MemoryError) as e:
+        raise InputError(f"not a readable .npy array ({str(e).splitlines()[0][:200]})") from None
+    if not isinstance(array, np.ndarray):
+        raise InputError("holds no array")
+    shape = array.shape
+    if array.ndim == 2:
+        shape = (1, *shape, 1)
+    elif array.ndim == 3 and shape[-1] == 1 and shape[:2] == (28, 28):
+        shape = (1, *shape)
+    elif array.ndim == 3:
+        shape = (*shape, 1)
+    if len(shape) != 4 or shape[1:] != (28, 28, 1):
+        raise InputError(
+            f"array shape {array.shape} is not 28×28 images; expected (28, 28), (28, 28, 1), "
+            "(N, 28, 28) or (N, 28, 28, 1)"
+        )
+    if not 1 <= shape[0] <= MAX_BATCH:
+        raise InputError(f"holds {shape[0]} images; expected 1 to {MAX_BATCH}")
+    if array.dtype == np.uint8:
+        return np.asarray(array, dtype="float32").reshape(shape) / 255.0
+    if array.dtype.kind != "f":
+        raise InputError(f"dtype {array.dtype} is not uint8 or float")
+    images = np.asarray(array, dtype="float32").reshape(shape)
+    if not np.isfinite(images).all() or images.min() < 0 or images.max() > 1:
+        raise InputError("float pixels must be finite and within [0, 1]")
+    return images
+
+
+def _read_image(path):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise InputError(f"image is {width}×{height}; at most {MAX_PIXELS} pixels are read")
+            image = image.convert("L")
+            if image.size != (28, 28):
+                image = image.resize((28, 28), Image.Resampling.LANCZOS)
+            pixels = np.asarray(image, dtype="float32")
+    except InputError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError):
+        raise InputError("not an image Pillow can read, nor a .npy file") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise InputError(f"cannot decode the image ({e})") from None
+    return (pixels / 255.0)[None, :, :, None]
+
+
+def read_inputs(path):
+    """Reads one input file as a float32 batch (N, 28, 28, 1) in [0, 1].
+
+    Raises:
+        InputError: the file is missing, unreadable, or not images of the right kind.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("no such file")
+    if path.suffix.lower() == ".npy":
+        return _read_npy(path)
+    return _read_image(path)
+
+
+def top_classes(probabilities, top=3):
+    """`[(class name, probability), ...]` of the `top` most likely classes."""
+    order = np.argsort(probabilities)[::-1][:top]
+    return [(CLASS_NAMES[i], float(probabilities[i])) for i in order]
+
+
+def predict_files(model, paths, top=3):
+    """Predicts every image in `paths`; a bad file becomes an error entry, not an exception.
+
+    Args:
+        model: a Keras model (logits out) or the path of a `.keras` file, loaded in safe mode.
+        paths: image or `.npy` files.
+        top: how many classes to list per image.
+
+    Returns:
+        A list with, per image, `{"file", "index", "top": [(class, probability), ...]}`, and
+        per unreadable file `{"file", "error"}`.
+    """
+    import keras
+
+    if not isinstance(model, keras.Model):
+        model_path = Path(model)
+        if not model_path.is_file() or model_path.suffix != ".keras":
+            raise ValueError(f"--model {model_path}: expected an existing .keras file")
+        model = keras.saving.load_model(model_path, safe_mode=True)
+    results = []
+    for path in paths:
+        try:
+            images = read_inputs(path)
+        except InputError as e:
+            results.append({"file": str(path), "error": str(e)})
+            continue
+        logits = model.predict(images, batch_size=512, verbose=0)
+        probabilities = np.asarray(keras.ops.softmax(logits, axis=-1))
+        for i, p in enumerate(probabilities):
+            results.append({"file": str(path), "index": i, "top": top_classes(p, top)})
+    return results

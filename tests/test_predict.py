@@ -1,0 +1,131 @@
+import io
+import json
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from fashion_keras import build_model
+from fashion_keras.predict import InputError, predict_files, read_inputs
+
+from conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "model.keras"
+    build_model("baseline").save(path)
+    return path
+
+
+def test_reads_png_jpeg_and_npy(tmp_path):
+    Image.fromarray(np.full((28, 28), 255, np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.zeros((100, 60, 3), np.uint8)).save(tmp_path / "b.jpg")
+    np.save(tmp_path / "c.npy", np.zeros((5, 28, 28), np.uint8))
+    np.save(tmp_path / "d.npy", np.full((28, 28, 1), 0.5, np.float32))
+    assert read_inputs(tmp_path / "a.png").max() == 1.0
+    assert read_inputs(tmp_path / "b.jpg").shape == (1, 28, 28, 1)  # converted and resized
+    assert read_inputs(tmp_path / "c.npy").shape == (5, 28, 28, 1)
+    assert read_inputs(tmp_path / "d.npy").max() == 0.5
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (np.zeros((3, 32, 32)), "is not 28×28 images"),
+        (np.zeros((28, 28), np.int32), "dtype int32 is not uint8 or float"),
+        (np.full((28, 28), 2.0), "within [0, 1]"),
+        (np.full((28, 28), np.nan), "finite"),
+        (np.array(["x"] * 784).reshape(28, 28), "dtype <U1"),
+    ],
+)
+def test_bad_npy_arrays_are_clear_errors(tmp_path, content, message):
+    np.save(tmp_path / "x.npy", content)
+    with pytest.raises(InputError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        read_inputs(tmp_path / "x.npy")
+
+
+def test_pickled_npy_is_refused(tmp_path):
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(InputError, match="not a readable .npy array"):
+        read_inputs(tmp_path / "obj.npy")
+
+
+def test_huge_image_header_is_refused_without_decoding(tmp_path):
+    buffer = io.BytesIO()
+    Image.new("L", (5000, 5000)).save(buffer, "PNG")
+    (tmp_path / "huge.png").write_bytes(buffer.getvalue())
+    with pytest.raises(InputError, match="5000×5000"):
+        read_inputs(tmp_path / "huge.png")
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.binary(max_size=2048), suffix=st.sampled_from([".png", ".jpg", ".npy", ".bin"]))
+def test_fuzz_random_bytes_never_crash(tmp_path, data, suffix):
+    path = tmp_path / f"f{suffix}"
+    path.write_bytes(data)
+    try:
+        images = read_inputs(path)
+    except InputError:
+        return
+    assert images.ndim == 4 and images.shape[1:] == (28, 28, 1)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    shape=st.lists(st.integers(0, 40), min_size=0, max_size=5),
+    dtype=st.sampled_from(["uint8", "int16", "float32", "float64", "bool", "complex64"]),
+    fake_count=st.one_of(st.none(), st.integers(2**31, 2**62)),
+)
+def test_fuzz_npy_shapes_dtypes_and_lying_headers(tmp_path, shape, dtype, fake_count):
+    path = tmp_path / "f.npy"
+    array = np.zeros(shape, dtype=dtype)
+    np.save(path, array)
+    if fake_count is not None and array.ndim:  # header claims far more data than the file has
+        raw = path.read_bytes().replace(f"({shape[0]},".encode(), f"({fake_count},".encode(), 1)
+        path.write_bytes(raw)
+    try:
+        images = read_inputs(path)
+    except InputError:
+        return
+    assert images.shape[1:] == (28, 28, 1) and images.dtype == np.float32
+
+
+def test_predict_files_reports_bad_files_and_predicts_the_rest(tmp_path, model_path):
+    np.save(tmp_path / "two.npy", np.zeros((2, 28, 28), np.uint8))
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    results = predict_files(
+        model_path, [tmp_path / "bad.png", tmp_path / "two.npy", tmp_path / "gone.png"]
+    )
+    assert [("error" in r) for r in results] == [True, False, False, True]
+    top = results[1]["top"]
+    assert len(top) == 3 and abs(sum(p for _, p in top)) <= 1.0 + 1e-6
+
+
+def test_predict_cli_json_and_exit_status(tmp_path, model_path):
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / "ok.png")
+    (tmp_path / "bad.png").write_bytes(b"junk")
+    result = run_cli(
+        "predict", "--model", model_path, "--json", tmp_path / "ok.png", tmp_path / "bad.png"
+    )
+    assert result.returncode == 1
+    payload = json.loads(result.stdout)
+    assert payload[0]["top"][0][0] in {
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
+    }
+    assert "bad.png: not an image" in result.stderr and "Traceback" not in result.stderr

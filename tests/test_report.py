@@ -1,0 +1,151 @@
+import json
+import shutil
+import subprocess
+
+import matplotlib.figure
+import numpy as np
+import pandas as pd
+import pytest
+
+from fashion_keras import compare, report
+
+from conftest import CONFIGS, SMOKE, run_cli
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _history(val_losses):
+    n = len(val_losses)
+    return pd.DataFrame(
+        {
+            "epoch": range(1, n + 1),
+            "loss": np.linspace(0.6, 0.05, n),
+            "val_loss": val_losses,
+            "accuracy": np.linspace(0.8, 0.99, n),
+            "val_accuracy": np.full(n, 0.9),
+        }
+    )
+
+
+def test_overfitting_verdicts():
+    assert compare.overfitting_verdict(_history([0.5, 0.3, 0.25, 0.3, 0.4])).startswith("Overfits")
+    assert compare.overfitting_verdict(_history([0.5, 0.3, 0.25, 0.24, 0.23])).startswith(
+        "No clear"
+    )
+
+
+def test_expected_calibration_error_known_values():
+    y = np.zeros(100, int)
+    perfect = np.tile([1.0] + [0.0] * 9, (100, 1))
+    assert report.expected_calibration_error(perfect, y) == pytest.approx(0.0)
+    # Always 90% confident, right half the time: ECE is 0.4.
+    probs = np.tile([0.9, 0.1] + [0.0] * 8, (100, 1))
+    y_half = np.array([0, 1] * 50)
+    assert report.expected_calibration_error(probs, y_half) == pytest.approx(0.4)
+
+
+def test_plot_functions_return_figures_and_save_only_with_a_path(tmp_path):
+    fig = report.plot_curves(_history([0.5, 0.3, 0.4]), {"test_loss": 0.4, "test_accuracy": 0.9})
+    assert isinstance(fig, matplotlib.figure.Figure) and not list(tmp_path.iterdir())
+    report.plot_curves(_history([0.5, 0.3, 0.4]), path=tmp_path / "c.png")
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_seed_statistics_paired_interval():
+    summary = pd.DataFrame(
+        {
+            "variant": ["baseline"] * 3 + ["dropout"] * 3,
+            "seed": [1, 2, 3] * 2,
+            "test_accuracy": [0.90, 0.91, 0.92, 0.92, 0.93, 0.94],
+            "test_loss": [0.3] * 3 + [0.25] * 3,
+        }
+    )
+    per_variant, diff = compare.seed_statistics(summary)
+    assert per_variant.loc["dropout", ("test_accuracy", "mean")] == pytest.approx(0.93)
+    row = diff.set_index("metric").loc["test_accuracy"]
+    assert row["difference"] == "dropout - baseline" and row["method"] == "paired t (by seed)"
+    assert row["mean"] == pytest.approx(0.02) and row["ci95_low"] == pytest.approx(0.02)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    sets = [a for s in [*SMOKE, "training.epochs=2"] for a in ("--set", s)]
+    for variant in ("baseline", "dropout"):
+        result = run_cli(
+            "train", "--config", CONFIGS / f"{variant}.yaml", *sets, "--output", root / variant
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+    return root
+
+
+def _open_in_chromium(page, screenshot):
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--virtual-time-budget=5000",
+        "--allow-file-access-from-files",
+    ]
+    dom = subprocess.run(
+        [CHROMIUM, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120
+    )
+    subprocess.run(
+        [CHROMIUM, *flags, "--window-size=1200,2400", f"--screenshot={screenshot}", page.as_uri()],
+        capture_output=True,
+        timeout=120,
+    )
+    return dom.stdout
+
+
+@pytest.mark.slow
+def test_report_and_comparison_pages(runs, tmp_path):
+    result = run_cli("report", runs / "baseline")
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = runs / "baseline" / "report"
+    for name in (
+        "curves.png",
+        "correct.png",
+        "incorrect.png",
+        "confusion_matrix.png",
+        "reliability.png",
+        "classification_report.txt",
+        "classification_report.csv",
+        "per_class_accuracy.csv",
+        "index.html",
+    ):
+        assert (out / name).is_file(), name
+    table = pd.read_csv(out / "classification_report.csv", index_col=0)
+    assert {"precision", "recall", "f1-score", "support"} <= set(table.columns)
+    assert "Ankle boot" in table.index and table.loc["Ankle boot", "support"] == 50
+    summary = json.loads((out / "summary.json").read_text())
+    assert 0 <= summary["expected_calibration_error"] <= 1
+
+    result = run_cli("compare", runs / "baseline", runs / "dropout", "--output", runs / "cmp")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = pd.read_csv(runs / "cmp" / "summary.csv")
+    assert (
+        rows["variant"].tolist() == ["baseline", "dropout"] and rows["verdict"].str.len().min() > 10
+    )
+
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (make test installs it where apt is available)")
+    for page, tables, min_images in (
+        (out / "index.html", 3, 5),
+        (runs / "cmp" / "index.html", 2, 1),
+    ):
+        dom = _open_in_chromium(page, tmp_path / f"{page.parent.name}.png")
+        images = dom.count("<img ")
+        assert images >= min_images and f'data-images="{images}/{images}"' in dom, dom[-500:]
+        assert dom.count("<table") >= tables
+        assert (tmp_path / f"{page.parent.name}.png").stat().st_size > 10_000
+
+
+def test_compare_needs_two_runs(tmp_path):
+    result = run_cli("compare", tmp_path)
+    assert result.returncode == 2 and "at least two run directories" in result.stderr
