@@ -6,7 +6,11 @@ STAMP  := $(VENV)/.installed
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install data train-baseline train-dropout test lint format clean
+SEEDS  ?= 1 2 3
+# make compare trains each variant once per seed on this subset (see README for its time).
+COMPARE_SETS ?= --set data.train_limit=10000 --set training.epochs=15
+
+.PHONY: help install data browser train-baseline train-dropout report compare test lint format clean
 
 help: ## show this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -40,7 +44,25 @@ _train:
 	  $(BIN)/fashion-keras train --config configs/$(NAME).yaml --output runs/$(NAME) $(ARGS); \
 	fi
 
-test: data ## run the test suite (real data; trains small models)
+report: $(STAMP) ## write runs/baseline/report/ and runs/dropout/report/ (index.html each)
+	$(BIN)/fashion-keras report runs/baseline
+	$(BIN)/fashion-keras report runs/dropout
+	@[ -f runs/baseline/metrics.json ] && [ -f runs/dropout/metrics.json ] && \
+	  $(BIN)/fashion-keras compare runs/baseline runs/dropout --output runs/comparison
+
+compare: data ## train both variants for each of SEEDS on a subset, then compare with a 95% CI
+	@for seed in $(SEEDS); do for variant in baseline dropout; do \
+	  dir=runs/compare/$$variant-seed$$seed; \
+	  [ -f $$dir/metrics.json ] || $(BIN)/fashion-keras train --config configs/$$variant.yaml \
+	    --set seed=$$seed $(COMPARE_SETS) --output $$dir || exit 1; \
+	done; done
+	$(BIN)/fashion-keras compare runs/compare/*-seed* --output runs/compare/report
+
+browser: ## install headless Chromium for the page tests (Debian, as root)
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  apt-get update -q && apt-get install -y -q chromium; } || echo "chromium unavailable: page tests will skip"
+
+test: data browser ## run the test suite (real data; trains small models)
 	$(BIN)/pytest -q
 
 lint: $(STAMP) ## check style with ruff

@@ -182,6 +182,7 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ chatter out
+    os.environ.setdefault("MPLBACKEND", "Agg")  # plots go to files, never to a window
     # A `kill` stops training like Ctrl-C: cleanly, with the backup kept for resuming.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     from fashion_keras.train import TrainingInterrupted

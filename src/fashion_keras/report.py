@@ -9,9 +9,6 @@ import html
 import json
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # noqa: E402 - files, not windows; notebooks still show figures inline
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd

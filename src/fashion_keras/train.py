@@ -64,12 +64,12 @@ def make_strategy(strategy="auto", cpu_devices=None):
     gpus = tf.config.list_physical_devices("GPU")
     if strategy == "mirrored" and cpu_devices:
         cpu = tf.config.list_physical_devices("CPU")[0]
-        if len(tf.config.list_logical_devices("CPU")) != cpu_devices:
-            try:
-                tf.config.set_logical_device_configuration(
-                    cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_devices
-                )
-            except RuntimeError:
+        try:
+            tf.config.set_logical_device_configuration(
+                cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_devices
+            )
+        except RuntimeError:  # devices already initialised: fine if they already match
+            if len(tf.config.list_logical_devices("CPU")) != cpu_devices:
                 raise RunError(
                     "distribute.cpu_devices must be set before TensorFlow starts; run it in "
                     "a fresh process"

@@ -1,0 +1,31 @@
+"""Each notebook runs top to bottom on a small subset."""
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("name", ["01_explore_data.ipynb", "02_baseline_vs_dropout.ipynb"])
+def test_notebook_executes(name, monkeypatch):
+    monkeypatch.setenv("FASHION_KERAS_NB_LIMIT", "500")
+    monkeypatch.setenv("FASHION_KERAS_NB_EPOCHS", "2")
+    path = ROOT / "notebooks" / name
+    notebook = nbformat.read(path, as_version=4)
+    assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code"), (
+        "commit notebooks with outputs stripped"
+    )
+    NotebookClient(
+        notebook,
+        timeout=600,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(path.parent)}},
+    ).execute()
+    errors = [o for c in notebook.cells for o in c.get("outputs", []) if o.output_type == "error"]
+    assert not errors
+    assert any(
+        o.output_type == "display_data" for c in notebook.cells for o in c.get("outputs", [])
+    )
