@@ -10,7 +10,7 @@ SEEDS  ?= 1 2 3
 # make compare trains each variant once per seed on this subset (see README for its time).
 COMPARE_SETS ?= --set data.train_limit=10000 --set training.epochs=15
 
-.PHONY: help install data browser train-baseline train-dropout report compare test lint format clean
+.PHONY: help install data browser bench train-baseline train-dropout report compare test lint format clean
 
 help: ## show this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -65,13 +65,16 @@ browser: ## install headless Chromium for the page tests (Debian, as root)
 test: data browser ## run the test suite (real data; trains small models)
 	$(BIN)/pytest -q
 
+bench: data ## throughput: naive Keras vs this project vs PyTorch eager (BENCH_ARGS=--quick)
+	$(BIN)/python bench/throughput.py --json bench/latest.json $(BENCH_ARGS)
+
 lint: $(STAMP) ## check style with ruff
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 
 format: $(STAMP) ## reformat with ruff
-	$(BIN)/ruff check --fix src tests
-	$(BIN)/ruff format src tests
+	$(BIN)/ruff check --fix src tests bench
+	$(BIN)/ruff format src tests bench
 
 clean: ## remove caches (keeps runs/ and .venv)
 	rm -rf .pytest_cache .ruff_cache src/*.egg-info

@@ -55,7 +55,7 @@ def test_overrides_are_typed_and_nested():
         ({"model": {"variant": "vgg"}}, "model: Unknown model variant 'vgg'"),
         (
             {"distribute": {"strategy": "tpu"}},
-            "distribute.strategy must be one of auto, single, mirrored",
+            "distribute.strategy must be one of auto, single, mirrored, multi_worker",
         ),
         ({"training": 3}, "training: expected a mapping"),
     ],

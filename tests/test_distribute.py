@@ -1,10 +1,18 @@
 """MirroredStrategy over two logical CPU devices: the real tf.distribute path, without GPUs."""
 
+import hashlib
 import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 
 import pytest
 
-from conftest import CONFIGS, run_cli
+from conftest import CONFIGS, ROOT, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -38,3 +46,105 @@ def test_mirrored_on_two_cpu_devices_matches_single_device(tmp_path):
     # points of accuracy is 10 of the 500 test images.
     assert mirrored["test_accuracy"] == pytest.approx(single["test_accuracy"], abs=0.02)
     assert mirrored["test_loss"] == pytest.approx(single["test_loss"], rel=0.05)
+
+
+def _free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _start_workers(run_dir, ports, epochs):
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    sets = [
+        f"training.epochs={epochs}",
+        "data.train_limit=1000",
+        "data.eval_limit=500",
+        "distribute.strategy=multi_worker",
+        "training.batch_size=64",
+    ]
+    args = [a for s in sets for a in ("--set", s)]
+    processes = []
+    for index in range(len(ports)):
+        env = {
+            **os.environ,
+            "TF_CONFIG": json.dumps(
+                {"cluster": cluster, "task": {"type": "worker", "index": index}}
+            ),
+        }
+        processes.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "fashion_keras.cli",
+                    "train",
+                    "--config",
+                    CONFIGS / "baseline.yaml",
+                    *args,
+                    "--output",
+                    run_dir,
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                cwd=ROOT,
+                env=env,
+            )
+        )
+    return processes
+
+
+def _wait(processes, timeout):
+    try:
+        return [p.communicate(timeout=timeout)[0] for p in processes]
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+
+
+def test_two_workers_train_as_one_job(tmp_path):
+    run_dir = tmp_path / "run"
+    processes = _start_workers(run_dir, _free_ports(2), epochs=1)
+    outputs = _wait(processes, timeout=300)
+    assert [p.returncode for p in processes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    assert "MultiWorkerMirroredStrategy with 2 replica(s); global batch 128" in outputs[0]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["replicas"] == 2 and metrics["train_size"] == 1000
+    # Two workers x 64 is the same data-parallel computation as one device at 128.
+    _, single = _train(tmp_path / "single", "distribute.strategy=single")
+    assert metrics["test_accuracy"] == pytest.approx(single["test_accuracy"], abs=0.02)
+    for name in ("model.keras", "best.keras", "history.csv", "config.yaml"):
+        assert (run_dir / name).is_file()
+    assert sorted(p.name for p in run_dir.iterdir()) == sorted(
+        ["best.keras", "config.yaml", "history.csv", "logs", "metrics.json", "model.keras"]
+    )  # the non-chief worker wrote nothing here
+
+
+def test_killed_worker_then_restarted_job_resumes(tmp_path):
+    run_dir = tmp_path / "run"
+    processes = _start_workers(run_dir, _free_ports(2), epochs=3)
+    # The second worker's private backup (where distribute.worker_dir puts it).
+    key = hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:12]
+    worker_backup = Path(tempfile.gettempdir()) / f"fashion-keras-{key}-worker1" / "backup"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not (worker_backup / "state.json").exists():
+        time.sleep(0.02)
+    processes[1].kill()  # the second worker dies after epoch 1; the chief cannot go on alone
+    _wait(processes, timeout=120)
+    assert processes[0].returncode != 0 and not (run_dir / "metrics.json").exists()
+
+    restarted = _start_workers(run_dir, _free_ports(2), epochs=3)
+    outputs = _wait(restarted, timeout=300)
+    assert [p.returncode for p in restarted] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    assert "Resuming after epoch" in outputs[0] and "Resuming after epoch" in outputs[1]
+    assert json.loads((run_dir / "metrics.json").read_text())["epochs"] == 3
+    history = (run_dir / "history.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in history[1:]] == ["1", "2", "3"]
+    assert not worker_backup.parent.exists()  # the worker cleaned up after itself

@@ -87,34 +87,51 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
 
     Each epoch's weights go to a new file; only then does `state.json` (written
     atomically) point at it. A kill at any moment leaves the previous consistent state.
+    The last two epochs are kept, so workers of a multi-worker job that stopped one epoch
+    apart can all resume from the earlier one (`resume_epoch`).
     """
 
-    def __init__(self, backup_dir, delete_checkpoint=True):
+    def __init__(self, backup_dir, resume_epoch=None, delete_checkpoint=True):
         super().__init__(backup_dir, save_freq="epoch", delete_checkpoint=delete_checkpoint)
         self._training_metadata_path = str(Path(backup_dir) / "state.json")
+        self.resume_epoch = resume_epoch
+
+    @staticmethod
+    def saved_epochs(backup_dir):
+        """`{epochs completed: weights file}` of the backup in `backup_dir` ({} if none)."""
+        path = Path(backup_dir) / "state.json"
+        if not path.is_file():
+            return {}
+        return {int(k): v for k, v in json.loads(path.read_text())["epochs"].items()}
 
     @staticmethod
     def saved_epoch(backup_dir):
         """The number of epochs completed by the backup in `backup_dir` (0 if none)."""
-        path = Path(backup_dir) / "state.json"
-        return json.loads(path.read_text())["epoch"] if path.is_file() else 0
+        return max(ResumableBackup.saved_epochs(backup_dir), default=0)
 
     def _load_model(self):
-        state_path = Path(self._training_metadata_path)
-        if not state_path.is_file():
+        saved = self.saved_epochs(self.backup_dir)
+        epoch = max(saved, default=0) if self.resume_epoch is None else self.resume_epoch
+        if epoch == 0:
             return
-        state = json.loads(state_path.read_text())
+        if epoch not in saved:
+            raise ValueError(
+                f"{self.backup_dir} holds no backup of epoch {epoch} (has {sorted(saved)})"
+            )
         if self.model.optimizer is not None and not self.model.optimizer.built:
             self.model.optimizer.build(self.model.trainable_variables)
-        self.model.load_weights(Path(self.backup_dir) / state["weights"])
-        self.model._initial_epoch = state["epoch"]
+        self.model.load_weights(Path(self.backup_dir) / saved[epoch])
+        self.model._initial_epoch = epoch
 
     def _save_model(self):
         backup_dir = Path(self.backup_dir)
-        weights = f"epoch-{self._current_epoch:04d}.weights.h5"
+        epoch = self._current_epoch
+        weights = f"epoch-{epoch:04d}.weights.h5"
         with atomic_path(backup_dir / weights) as tmp:
             self.model.save_weights(tmp)
-        write_json(backup_dir / "state.json", {"epoch": self._current_epoch, "weights": weights})
+        kept = {e: w for e, w in self.saved_epochs(backup_dir).items() if e == epoch - 1}
+        kept[epoch] = weights
+        write_json(backup_dir / "state.json", {"epochs": kept})
         for old in backup_dir.glob("epoch-*.weights.h5"):
-            if old.name != weights:
+            if old.name not in kept.values():
                 old.unlink()

@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from fashion_keras import models
+from fashion_keras.distribute import STRATEGIES
 
 
 class ConfigError(ValueError):
@@ -34,11 +35,14 @@ class TrainingConfig:
     batch_size: int = 128  # per replica; the global batch is this times the replicas
     learning_rate: float = 1e-3
     deterministic: bool = False  # TF op determinism: bit-identical reruns on CPU
+    precision: str = "auto"  # auto | float32 | mixed_bfloat16 | mixed_float16
+    steps_per_execution: int = 1  # batches per compiled call (fewer Python round trips)
+    jit_compile: bool = False  # XLA; measured slower on CPU here (see bench/)
 
 
 @dataclasses.dataclass
 class DistributeConfig:
-    strategy: str = "auto"  # auto | single | mirrored
+    strategy: str = "auto"  # auto | single | mirrored | multi_worker
     cpu_devices: int | None = None  # mirrored over N logical CPUs (for testing)
 
 
@@ -63,8 +67,8 @@ class Config:
         return dataclasses.asdict(self)
 
 
-STRATEGIES = ("auto", "single", "mirrored")
 _UNIONS = (typing.Union, types.UnionType)
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 
 
 def _type_name(hint):
@@ -128,6 +132,18 @@ def _check_ranges(config):
         ("training.epochs", t.epochs, t.epochs >= 1, "at least 1"),
         ("training.batch_size", t.batch_size, t.batch_size >= 1, "at least 1"),
         ("training.learning_rate", t.learning_rate, t.learning_rate > 0, "greater than 0"),
+        (
+            "training.precision",
+            t.precision,
+            t.precision in PRECISIONS,
+            f"one of {', '.join(PRECISIONS)}",
+        ),
+        (
+            "training.steps_per_execution",
+            t.steps_per_execution,
+            t.steps_per_execution >= 1,
+            "at least 1",
+        ),
         ("data.validation_size", d.validation_size, 1 <= d.validation_size < 60000, "in 1..59999"),
         (
             "distribute.strategy",

@@ -9,7 +9,7 @@ resumes from the last completed epoch.
 
 import dataclasses
 import math
-import platform
+import shutil
 import sys
 import time
 from datetime import datetime
@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from fashion_keras import callbacks as cb
 from fashion_keras import config as cfg
-from fashion_keras import files
+from fashion_keras import distribute, files
 from fashion_keras.data import load_data
 from fashion_keras.models import build_model
 
@@ -51,55 +51,37 @@ class TrainResult:
     run_dir: Path
 
 
-def make_strategy(strategy="auto", cpu_devices=None):
-    """Returns the `tf.distribute.Strategy` asked for.
+def resolve_precision(precision="auto"):
+    """The Keras dtype policy for `training.precision`.
 
-    Args:
-        strategy: `"auto"` (MirroredStrategy when several GPUs are visible, else the default
-            single-device strategy), `"single"`, or `"mirrored"`.
-        cpu_devices: with `"mirrored"`, split the CPU into this many logical devices and
-            mirror over them (how multi-device training is tested without GPUs). Must be
-            set before TensorFlow initialises its devices.
+    `"auto"` picks `mixed_float16` on a GPU, `mixed_bfloat16` on a CPU with native bfloat16
+    instructions (AVX-512 BF16 or AMX), and `float32` otherwise.
     """
-    gpus = tf.config.list_physical_devices("GPU")
-    if strategy == "mirrored" and cpu_devices:
-        cpu = tf.config.list_physical_devices("CPU")[0]
-        try:
-            tf.config.set_logical_device_configuration(
-                cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_devices
-            )
-        except RuntimeError:  # devices already initialised: fine if they already match
-            if len(tf.config.list_logical_devices("CPU")) != cpu_devices:
-                raise RunError(
-                    "distribute.cpu_devices must be set before TensorFlow starts; run it in "
-                    "a fresh process"
-                ) from None
-        return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(cpu_devices)])
-    if strategy == "mirrored" or (strategy == "auto" and len(gpus) > 1):
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
-
-
-def strategy_name(strategy):
-    name = type(strategy).__name__
-    return "default (one device)" if name.startswith("_Default") else name
-
-
-def describe_device():
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        names = [
-            tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus
-        ]
-        return f"{len(gpus)} GPU: {', '.join(names)}"
+    if precision != "auto":
+        return precision
+    if tf.config.list_physical_devices("GPU"):
+        return "mixed_float16"
     try:
         with open("/proc/cpuinfo") as f:
-            name = next(
-                line.split(":", 1)[1].strip() for line in f if line.startswith("model name")
-            )
-    except (OSError, StopIteration):
-        name = platform.processor() or platform.machine()
-    return f"CPU: {name}"
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        flags = []
+    return "mixed_bfloat16" if {"avx512_bf16", "amx_bf16"} & set(flags) else "float32"
+
+
+def compile_model(config):
+    """Builds and compiles the configured model (call it inside the strategy's scope)."""
+    t = config.training
+    keras.mixed_precision.set_dtype_policy(resolve_precision(t.precision))
+    model = build_model(**config.model_kwargs())
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=t.learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+        steps_per_execution=t.steps_per_execution,
+        jit_compile=t.jit_compile,
+    )
+    return model
 
 
 def make_dataset(x, y, batch_size, seed, first_epoch, epochs):
@@ -174,28 +156,31 @@ def train(config, output=None, verbose=None):
     started = time.perf_counter()
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
-    run_dir = prepare_run_dir(config, output)
     t = config.training
-    strategy = make_strategy(config.distribute.strategy, config.distribute.cpu_devices)
+    # First: MultiWorkerMirroredStrategy must exist before any other TensorFlow work.
+    strategy = distribute.make_strategy(config.distribute.strategy, config.distribute.cpu_devices)
+    chief = distribute.is_chief()
+    if config.distribute.strategy == "multi_worker" and output is None:
+        raise RunError(
+            "distribute.strategy=multi_worker needs --output: every worker must name the same run"
+        )
+    # Only the chief writes the run directory; other workers write a private copy.
+    run_dir = prepare_run_dir(config, output if chief else distribute.worker_dir(output))
     keras.utils.set_random_seed(config.seed)
     if t.deterministic:
         tf.config.experimental.enable_op_determinism()
     replicas = strategy.num_replicas_in_sync
     global_batch = t.batch_size * replicas
-    device = describe_device()
-    print(
-        f"Run {run_dir}: device {device}; strategy {strategy_name(strategy)} with {replicas} "
-        f"replica(s); global batch {global_batch}",
-        flush=True,
-    )
+    device = distribute.describe_device()
 
     with strategy.scope():
-        model = build_model(**config.model_kwargs())
-        model.compile(
-            optimizer=keras.optimizers.Adam(learning_rate=t.learning_rate),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=["accuracy"],
-        )
+        model = compile_model(config)
+    print(
+        f"Run {run_dir}: device {device}; strategy {distribute.strategy_name(strategy)} "
+        f"with {replicas} replica(s); global batch {global_batch}; precision "
+        f"{keras.mixed_precision.dtype_policy().name}",
+        flush=True,
+    )
 
     start = time.perf_counter()
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = load_data(
@@ -205,6 +190,8 @@ def train(config, output=None, verbose=None):
 
     backup_dir = run_dir / "backup"
     first_epoch = cb.ResumableBackup.saved_epoch(backup_dir)
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        first_epoch = distribute.agree_on_epoch(strategy, first_epoch)
     if first_epoch:
         print(f"Resuming after epoch {first_epoch} from {backup_dir}", flush=True)
     earlier = [
@@ -220,26 +207,36 @@ def train(config, output=None, verbose=None):
             save_best_only=True,
             initial_value_threshold=min(earlier) if earlier else None,
         ),
-        cb.ResumableBackup(str(backup_dir)),  # last: an epoch counts as done once all above ran
+        cb.ResumableBackup(
+            str(backup_dir), resume_epoch=first_epoch
+        ),  # last: an epoch counts as done once all above ran
     ]
     steps = math.ceil(len(x_train) / global_batch)
     dataset = make_dataset(x_train, y_train, global_batch, config.seed, first_epoch, t.epochs)
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        # keras-team/keras#20585: fit()'s symbolic build reduces a data batch across
+        # workers eagerly and fails. Without a strategy of its own the model builds while
+        # tracing, and fit() still runs in the strategy's scope (see distribute.py).
+        model._distribute_strategy = None
     fit_start = time.perf_counter()
-    try:
-        model.fit(
-            dataset,
-            epochs=t.epochs,
-            steps_per_epoch=steps,
-            validation_data=(x_val, y_val),
-            shuffle=False,  # make_dataset shuffles, reproducibly
-            callbacks=callbacks,
-            verbose=verbose,
+    with strategy.scope():
+        try:
+            model.fit(
+                dataset,
+                epochs=t.epochs,
+                steps_per_epoch=steps,
+                validation_data=(x_val, y_val),
+                shuffle=False,  # make_dataset shuffles, reproducibly
+                callbacks=callbacks,
+                verbose=verbose,
+            )
+        except KeyboardInterrupt:
+            epochs_done = cb.ResumableBackup.saved_epoch(backup_dir)
+            raise TrainingInterrupted(run_dir, epochs_done) from None
+        fit_time = time.perf_counter() - fit_start
+        test_loss, test_accuracy = model.evaluate(
+            x_test, y_test, batch_size=global_batch, verbose=0
         )
-    except KeyboardInterrupt:
-        raise TrainingInterrupted(run_dir, cb.ResumableBackup.saved_epoch(backup_dir)) from None
-    fit_time = time.perf_counter() - fit_start
-
-    test_loss, test_accuracy = model.evaluate(x_test, y_test, batch_size=global_batch, verbose=0)
     history = pd.DataFrame(cb.read_history(run_dir / "history.csv"))
     best = history.loc[history["val_loss"].idxmin()]
     epochs_run = t.epochs - first_epoch
@@ -259,14 +256,18 @@ def train(config, output=None, verbose=None):
         "val_size": len(x_val),
         "test_size": len(x_test),
         "global_batch_size": global_batch,
+        "precision": keras.mixed_precision.dtype_policy().name,
         "device": device,
-        "strategy": strategy_name(strategy),
+        "strategy": distribute.strategy_name(strategy),
         "replicas": replicas,
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
     }
     files.save_model(model, run_dir / "model.keras")
     files.write_json(run_dir / "metrics.json", metrics)  # last: marks the run complete
+    if not chief:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir = Path(output)
     print(
         f"Test accuracy {test_accuracy:.4f}, test loss {test_loss:.4f}; best epoch "
         f"{metrics['best_epoch']} (val loss {metrics['best_val_loss']:.4f}); {run_dir}",

@@ -1,0 +1,214 @@
+"""Throughput of the tutorial network: naive Keras vs this project's path vs PyTorch eager.
+
+Setup: the same data (a class-balanced slice of the training set), the same network
+(`baseline`), the same batch size. Contenders alternate round by round, so a machine that
+slows down mid-run slows all of them alike; each number is the median over rounds.
+
+    python bench/throughput.py [--quick] [--json OUT]
+
+Prints a table and, with --json, writes the same numbers as JSON. Not part of the tests.
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from fashion_keras import build_model, data  # noqa: E402
+from fashion_keras.config import load_config  # noqa: E402
+from fashion_keras.distribute import describe_device  # noqa: E402
+from fashion_keras.train import compile_model, make_dataset, resolve_precision  # noqa: E402
+
+BATCH_SIZE = 128
+
+
+# Setup: the naive tutorial-style code, as most people would write it.
+def naive_keras(x, y, x_test, epochs):
+    keras.mixed_precision.set_dtype_policy("float32")
+    model = build_model("baseline")
+    model.compile(
+        "adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), ["accuracy"]
+    )
+    model.fit(x, y, batch_size=BATCH_SIZE, epochs=1, verbose=0)  # warm-up: tracing
+    start = time.perf_counter()
+    model.fit(x, y, batch_size=BATCH_SIZE, epochs=epochs, verbose=0)
+    train_time = time.perf_counter() - start
+    start = time.perf_counter()
+    model.predict(x_test, verbose=0)
+    return train_time, time.perf_counter() - start
+
+
+# The project's path, built exactly as `fashion-keras train` builds it.
+def project(x, y, x_test, epochs, overrides):
+    config = load_config("configs/baseline.yaml", [f"training.batch_size={BATCH_SIZE}", *overrides])
+    model = compile_model(config)
+    steps = -(-len(x) // BATCH_SIZE)
+    dataset = make_dataset(x, y, BATCH_SIZE, config.seed, 0, epochs + 1)
+    model.fit(dataset, epochs=1, steps_per_epoch=steps, shuffle=False, verbose=0)
+    start = time.perf_counter()
+    model.fit(
+        dataset, initial_epoch=1, epochs=epochs + 1, steps_per_epoch=steps, shuffle=False, verbose=0
+    )
+    train_time = time.perf_counter() - start
+    start = time.perf_counter()
+    model.predict(x_test, batch_size=1024, verbose=0)
+    return train_time, time.perf_counter() - start
+
+
+def pytorch_eager(x, y, x_test, epochs):
+    import torch
+    from torch import nn
+
+    torch.set_num_threads(os.cpu_count())
+    net = nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2, ceil_mode=True),
+        nn.Conv2d(32, 64, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2, ceil_mode=True),
+        nn.Conv2d(64, 128, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2, ceil_mode=True),
+        nn.Flatten(),
+        nn.Linear(2048, 128),
+        nn.ReLU(),
+        nn.Linear(128, 10),
+    )
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    loss_fn = nn.CrossEntropyLoss()
+    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+    yt = torch.from_numpy(y)
+
+    def epoch():
+        for i in torch.randperm(len(xt)).split(BATCH_SIZE):
+            optimizer.zero_grad()
+            loss_fn(net(xt[i]), yt[i]).backward()
+            optimizer.step()
+
+    epoch()  # warm-up
+    start = time.perf_counter()
+    for _ in range(epochs):
+        epoch()
+    train_time = time.perf_counter() - start
+    start = time.perf_counter()
+    with torch.no_grad():
+        net(torch.from_numpy(x_test.transpose(0, 3, 1, 2).copy()))
+    return train_time, time.perf_counter() - start
+
+
+def data_load_seconds():
+    start = time.perf_counter()
+    data.read_files(download=False, cache=False)  # gunzip, parse, SHA-256
+    cold = time.perf_counter() - start
+    data.read_files(download=False)  # make sure the decoded cache exists
+    start = time.perf_counter()
+    data.load_data(download=False)
+    cached = time.perf_counter() - start
+    return cold, cached
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small slice, 2 rounds (< 1 minute)")
+    parser.add_argument("--json", metavar="OUT", help="also write the results as JSON")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for the project's path, e.g. training.steps_per_execution=8",
+    )
+    args = parser.parse_args(argv)
+    n, rounds, epochs = (4000, 2, 1) if args.quick else (20000, 3, 1)
+
+    cold, cached = data_load_seconds()
+    (x, y), _, (x_test, _) = data.load_data(train_limit=n, download=False)
+    contenders = {
+        "naive Keras": lambda: naive_keras(x, y, x_test, epochs),
+        "fashion_keras": lambda: project(x, y, x_test, epochs, args.set),
+    }
+    try:
+        import torch  # noqa: F401
+
+        contenders["PyTorch eager"] = lambda: pytorch_eager(x, y, x_test, epochs)
+    except ImportError:
+        pass
+    times = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, run in contenders.items():
+            keras.backend.clear_session()
+            times[name].append(run())
+
+    results = {}
+    for name, samples in times.items():
+        train = statistics.median(t for t, _ in samples)
+        infer = statistics.median(i for _, i in samples)
+        results[name] = {
+            "train_images_per_s": n * epochs / train,
+            "inference_images_per_s": len(x_test) / infer,
+        }
+    naive, ours = results["naive Keras"], results["fashion_keras"]
+    ratios = {
+        "train_vs_naive": ours["train_images_per_s"] / naive["train_images_per_s"],
+        "inference_vs_naive": ours["inference_images_per_s"] / naive["inference_images_per_s"],
+    }
+    if "PyTorch eager" in results:
+        ratios["train_vs_pytorch"] = (
+            ours["train_images_per_s"] / results["PyTorch eager"]["train_images_per_s"]
+        )
+    report = {
+        "machine": f"{describe_device()}, {os.cpu_count()} cores, {platform.platform()}",
+        "versions": {
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            "numpy": np.__version__,
+        },
+        "setup": {
+            "train_images": n,
+            "test_images": len(x_test),
+            "batch_size": BATCH_SIZE,
+            "epochs_timed": epochs,
+            "rounds": rounds,
+            "project_overrides": args.set,
+            "project_precision": resolve_precision(
+                load_config("configs/baseline.yaml", args.set).training.precision
+            ),
+        },
+        "results": results,
+        "ratios": ratios,
+        "data_load_s": {"cold": cold, "cached": cached},
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    print(f"{report['machine']}; TF {tf.__version__}, Keras {keras.__version__}")
+    print(
+        f"{n} training images x {epochs} epoch(s), batch {BATCH_SIZE}, median of {rounds} rounds\n"
+    )
+    print(f"| {'contender':<15} | train images/s | inference images/s |")
+    print(f"| {'-' * 15} | -------------- | ------------------ |")
+    for name, r in results.items():
+        train, infer = r["train_images_per_s"], r["inference_images_per_s"]
+        print(f"| {name:<15} | {train:>14,.0f} | {infer:>18,.0f} |")
+    print()
+    for key, value in ratios.items():
+        print(f"{key}: {value:.2f}x")
+    rss = report["peak_rss_mb"]
+    print(f"data load: cold {cold:.2f} s, cached {cached:.2f} s; peak RSS {rss:.0f} MB")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""Devices and `tf.distribute` strategies: one device, mirrored replicas, or several workers.
+
+The global batch is `training.batch_size` per replica times the replicas in sync; the
+learning rate is used as configured (no automatic scaling).
+"""
+
+import hashlib
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
+
+import tensorflow as tf
+
+STRATEGIES = ("auto", "single", "mirrored", "multi_worker")
+
+
+class DistributeError(ValueError):
+    """The strategy asked for cannot be set up here."""
+
+
+def _split_cpu(cpu_devices):
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    try:
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_devices
+        )
+    except RuntimeError:  # devices already initialised: fine if they already match
+        if len(tf.config.list_logical_devices("CPU")) != cpu_devices:
+            raise DistributeError(
+                "distribute.cpu_devices must be set before TensorFlow starts; run it in a "
+                "fresh process"
+            ) from None
+
+
+def _patch_keras_multi_worker_reduce():
+    """Works around keras-team/keras#20585: Keras 3's `fit` cannot run under
+    MultiWorkerMirroredStrategy, because it reduces per-replica *scalar* logs with
+    `strategy.reduce("MEAN", v, axis=0)`, which fails. Treating the strategy like a
+    one-worker one for that reduction keeps the logs as the metrics report them; metric
+    variables are still synchronised across workers, and gradients are all-reduced by the
+    optimizer, so training is the same data-parallel computation (tests/test_distribute.py
+    checks that two workers match one device exactly)."""
+    from keras.src.backend.tensorflow import trainer
+
+    if hasattr(trainer, "_collective_all_reduce_multi_worker"):
+        trainer._collective_all_reduce_multi_worker = lambda strategy: False
+
+
+def make_strategy(strategy="auto", cpu_devices=None):
+    """Returns the `tf.distribute.Strategy` asked for.
+
+    Args:
+        strategy: `"auto"` (MirroredStrategy when several GPUs are visible, else the default
+            one-device strategy), `"single"`, `"mirrored"`, or `"multi_worker"`
+            (MultiWorkerMirroredStrategy from `$TF_CONFIG`; every worker runs the same
+            command).
+        cpu_devices: with `"mirrored"`, split the CPU into this many logical devices and
+            mirror over them (how multi-device training is tested without GPUs).
+    """
+    if strategy == "multi_worker":
+        if not os.environ.get("TF_CONFIG"):
+            raise DistributeError(
+                "distribute.strategy=multi_worker needs TF_CONFIG describing the cluster and "
+                "this worker's task (see README, 'Running on several GPUs or machines')"
+            )
+        _patch_keras_multi_worker_reduce()
+        options = tf.distribute.experimental.CommunicationOptions(
+            implementation=tf.distribute.experimental.CommunicationImplementation.AUTO
+        )
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    if strategy == "mirrored" and cpu_devices:
+        _split_cpu(cpu_devices)
+        return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(cpu_devices)])
+    gpus = tf.config.list_physical_devices("GPU")
+    if strategy == "mirrored" or (strategy == "auto" and len(gpus) > 1):
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def agree_on_epoch(strategy, epoch):
+    """The fewest epochs any worker has backed up: where the whole job can resume.
+
+    Workers run in lockstep, so their backups differ by at most one epoch (and each keeps
+    the last two).
+    """
+    value = strategy.run(lambda: tf.constant([epoch], tf.int64))
+    return int(tf.reduce_min(strategy.gather(value, axis=0)))
+
+
+def task():
+    """`(task_type, task_id)` of this process from `$TF_CONFIG`, or `(None, None)`."""
+    spec = json.loads(os.environ.get("TF_CONFIG") or "{}").get("task", {})
+    return spec.get("type"), spec.get("index")
+
+
+def is_chief():
+    """True unless `$TF_CONFIG` makes this process a non-chief worker.
+
+    The chief is the `chief` task, or worker 0 when the cluster has no chief.
+    """
+    config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    kind, index = task()
+    if kind is None or kind == "chief":
+        return True
+    return kind == "worker" and index == 0 and "chief" not in config.get("cluster", {})
+
+
+def worker_dir(run_dir):
+    """A non-chief worker's private stand-in for the run directory, stable across restarts
+    (so a restarted worker finds its backup) and outside the chief's run directory."""
+    kind, index = task()
+    key = hashlib.sha256(str(Path(run_dir).resolve()).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"fashion-keras-{key}-{kind}{index}"
+
+
+def strategy_name(strategy):
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return "MultiWorkerMirroredStrategy"
+    name = type(strategy).__name__
+    return "default (one device)" if name.startswith("_Default") else name
+
+
+def describe_device():
+    """ "N GPU: names" or "CPU: model name", for logs and metrics.json."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        names = [
+            tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus
+        ]
+        return f"{len(gpus)} GPU: {', '.join(names)}"
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next(
+                line.split(":", 1)[1].strip() for line in f if line.startswith("model name")
+            )
+    except (OSError, StopIteration):
+        name = platform.processor() or platform.machine()
+    return f"CPU: {name}"
