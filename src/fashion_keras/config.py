@@ -34,6 +34,7 @@ class TrainingConfig:
     epochs: int = 20
     batch_size: int = 128  # per replica; the global batch is this times the replicas
     learning_rate: float = 1e-3
+    lr_schedule: str = "constant"  # constant | cosine (decays to 0 over all epochs)
     deterministic: bool = False  # TF op determinism: bit-identical reruns on CPU
     precision: str = "auto"  # auto | float32 | mixed_bfloat16 | mixed_float16
     steps_per_execution: int = 1  # batches per compiled call (fewer Python round trips)
@@ -69,6 +70,7 @@ class Config:
 
 _UNIONS = (typing.Union, types.UnionType)
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 def _type_name(hint):

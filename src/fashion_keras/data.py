@@ -352,6 +352,7 @@ def load_data(
     eval_limit=None,
     one_hot=False,
     download=True,
+    cache=True,
 ):
     """Loads Fashion-MNIST split as in the tutorial: 55,000 train, 5,000 validation, 10,000 test.
 
@@ -366,6 +367,7 @@ def load_data(
         eval_limit: likewise for the validation and the test set.
         one_hot: return one-hot float32 labels instead of integer class indices.
         download: allow a download when no local copy is found.
+        cache: use (and fill) the decoded-array cache in the Keras cache directory.
 
     Returns:
         `(x_train, y_train), (x_val, y_val), (x_test, y_test)`: images float32 in [0, 1]
@@ -387,7 +389,7 @@ def load_data(
     _check_limit("train_limit", train_limit, total - validation_size)
     _check_limit("eval_limit", eval_limit, min(validation_size, FILES["test_images"].dims[0]))
 
-    arrays = read_files(data_dir, download=download)
+    arrays = read_files(data_dir, download=download, cache=cache)
     images, labels = arrays["train_images"], arrays["train_labels"]
     splits = [
         (images[validation_size:], labels[validation_size:], train_limit),
@@ -399,7 +401,9 @@ def load_data(
         if limit is not None:
             keep = balanced_subset(y, limit)
             x, y = x[keep], y[keep]
-        x = (x.astype("float32") / 255.0)[..., None]
+        x = x.astype("float32")
+        x /= np.float32(255)  # in place: several times faster than `x / 255.0` here
+        x = x[..., None]
         y = to_one_hot(y) if one_hot else y.astype("int64")
         result.append((x, y))
     return tuple(result)

@@ -23,8 +23,10 @@ import tensorflow as tf
 from fashion_keras import callbacks as cb
 from fashion_keras import config as cfg
 from fashion_keras import distribute, files
-from fashion_keras.data import load_data
+from fashion_keras.data import FILES, load_data
 from fashion_keras.models import build_model
+
+TRAIN_FILE_SIZE = FILES["train_images"].dims[0]
 
 
 class RunError(ValueError):
@@ -69,13 +71,21 @@ def resolve_precision(precision="auto"):
     return "mixed_bfloat16" if {"avx512_bf16", "amx_bf16"} & set(flags) else "float32"
 
 
-def compile_model(config):
-    """Builds and compiles the configured model (call it inside the strategy's scope)."""
+def compile_model(config, steps_per_epoch=None):
+    """Builds and compiles the configured model (call it inside the strategy's scope).
+
+    `steps_per_epoch` is needed for `training.lr_schedule: cosine`.
+    """
     t = config.training
     keras.mixed_precision.set_dtype_policy(resolve_precision(t.precision))
     model = build_model(**config.model_kwargs())
+    learning_rate = t.learning_rate
+    if t.lr_schedule == "cosine":
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            t.learning_rate, decay_steps=t.epochs * steps_per_epoch
+        )
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=t.learning_rate),
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
         steps_per_execution=t.steps_per_execution,
@@ -174,7 +184,9 @@ def train(config, output=None, verbose=None):
     device = distribute.describe_device()
 
     with strategy.scope():
-        model = compile_model(config)
+        train_size = config.data.train_limit or TRAIN_FILE_SIZE - config.data.validation_size
+        steps = math.ceil(train_size / global_batch)
+        model = compile_model(config, steps_per_epoch=steps)
     print(
         f"Run {run_dir}: device {device}; strategy {distribute.strategy_name(strategy)} "
         f"with {replicas} replica(s); global batch {global_batch}; precision "
@@ -211,7 +223,6 @@ def train(config, output=None, verbose=None):
             str(backup_dir), resume_epoch=first_epoch
         ),  # last: an epoch counts as done once all above ran
     ]
-    steps = math.ceil(len(x_train) / global_batch)
     dataset = make_dataset(x_train, y_train, global_batch, config.seed, first_epoch, t.epochs)
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         # keras-team/keras#20585: fit()'s symbolic build reduces a data batch across
