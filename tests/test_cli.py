@@ -90,3 +90,11 @@ def test_train_one_epoch_writes_a_complete_run_directory(variant, tmp_path):
 
     again = run_cli("train", "--config", CONFIGS / f"{variant}.yaml", *sets, "--output", run_dir)
     assert again.returncode == 2 and "already holds a finished run" in again.stderr
+
+
+def test_unwritable_output_is_reported_before_training(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    result = run_cli("train", "--config", CONFIGS / "baseline.yaml", "--output", blocker / "run")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "cannot write to" in result.stderr or "is a file" in result.stderr, result.stderr[-500:]

@@ -58,6 +58,15 @@ def test_overrides_are_typed_and_nested():
             "distribute.strategy must be one of auto, single, mirrored, multi_worker",
         ),
         ({"training": 3}, "training: expected a mapping"),
+        ({"training": {"precision": "fp8"}}, "training.precision must be one of auto, float32"),
+        (
+            {"training": {"lr_schedule": "step"}},
+            "training.lr_schedule must be one of constant, cosine",
+        ),
+        (
+            {"training": {"steps_per_execution": 0}},
+            "training.steps_per_execution must be at least 1",
+        ),
     ],
 )
 def test_bad_values_name_the_key(values, message):

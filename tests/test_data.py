@@ -207,3 +207,50 @@ def test_real_data_split_sizes_and_class_names():
     assert np.bincount(np.concatenate([y, yv])).tolist() == [6000] * 10
     assert np.bincount(yt).tolist() == [1000] * 10
     assert data.CLASS_NAMES[0] == "T-shirt/top" and data.CLASS_NAMES[9] == "Ankle boot"
+
+
+def test_unreadable_named_directory(small_dataset, monkeypatch):
+    # As root every directory is readable, so simulate the permission check failing.
+    monkeypatch.setattr(data.os, "access", lambda path, mode: False)
+    with pytest.raises(DataError, match="directory is not readable"):
+        data.find_data_dir(small_dataset)
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda raw: b"", "empty or too short"),
+        (lambda raw: raw[: len(raw) // 2], "truncated or corrupt gzip"),
+        (lambda raw: gzip.compress(gzip.decompress(raw)[:-1] + b"\x03"), "checksum mismatch"),
+    ],
+)
+def test_cli_training_on_a_damaged_copy_fails_cleanly(tmp_path, damage, message):
+    from conftest import CONFIGS, run_cli
+
+    real, _ = data.find_data_dir(download=False)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for spec in data.FILES.values():
+        (copy / spec.filename).symlink_to(real / spec.filename)
+    broken = copy / "t10k-labels-idx1-ubyte.gz"
+    raw = broken.read_bytes()
+    broken.unlink()
+    broken.write_bytes(damage(raw))
+    keras_home = tmp_path / "keras_home"
+    result = run_cli(
+        "train",
+        "--config",
+        CONFIGS / "baseline.yaml",
+        "--data-dir",
+        copy,
+        "--set",
+        "training.epochs=1",
+        "--output",
+        tmp_path / "run",
+        env={"KERAS_HOME": str(keras_home)},
+    )
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if "fashion-keras: error:" in line]
+    assert len(errors) == 1 and str(broken) in errors[0] and message in errors[0]
+    assert not list(keras_home.rglob("*.npz")) and not list(keras_home.rglob("*.part"))
+    assert not (tmp_path / "run" / "history.csv").exists()

@@ -135,25 +135,19 @@ def _check_ranges(config):
         ("training.batch_size", t.batch_size, t.batch_size >= 1, "at least 1"),
         ("training.learning_rate", t.learning_rate, t.learning_rate > 0, "greater than 0"),
         (
-            "training.precision",
-            t.precision,
-            t.precision in PRECISIONS,
-            f"one of {', '.join(PRECISIONS)}",
-        ),
-        (
             "training.steps_per_execution",
             t.steps_per_execution,
             t.steps_per_execution >= 1,
             "at least 1",
         ),
         ("data.validation_size", d.validation_size, 1 <= d.validation_size < 60000, "in 1..59999"),
-        (
-            "distribute.strategy",
-            config.distribute.strategy,
-            config.distribute.strategy in STRATEGIES,
-            f"one of {', '.join(STRATEGIES)}",
-        ),
     ]
+    for key, value, allowed in (
+        ("training.precision", t.precision, PRECISIONS),
+        ("training.lr_schedule", t.lr_schedule, LR_SCHEDULES),
+        ("distribute.strategy", config.distribute.strategy, STRATEGIES),
+    ):
+        checks.append((key, value, value in allowed, f"one of {', '.join(allowed)}"))
     if d.train_limit is not None:
         most = 60000 - d.validation_size
         checks.append(
