@@ -9,6 +9,7 @@ import html
 import json
 from pathlib import Path
 
+import keras
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -18,6 +19,7 @@ from sklearn.metrics import ConfusionMatrixDisplay, classification_report, confu
 from fashion_keras import files
 from fashion_keras.callbacks import read_history
 from fashion_keras.data import CLASS_NAMES
+from fashion_keras.train import load_run_model
 
 
 def load_run(run_dir):
@@ -181,19 +183,7 @@ def plot_reliability(probabilities, y_true, bins=15, path=None):
 
 def predict_test_set(run_dir, data_dir=None, checkpoint="model.keras"):
     """The run's model on its test set: `(x_test, y_true, probabilities)`."""
-    import dataclasses
-
-    import keras
-
-    from fashion_keras import config as cfg
-    from fashion_keras.data import load_data
-
-    run_dir = Path(run_dir)
-    config = cfg.load_config(run_dir / "config.yaml")
-    data = dataclasses.asdict(config.data)
-    data["data_dir"] = data_dir or data["data_dir"]
-    _, _, (x_test, y_test) = load_data(**data)
-    model = keras.saving.load_model(run_dir / checkpoint, safe_mode=True)
+    model, x_test, y_test = load_run_model(run_dir, data_dir, checkpoint)
     logits = model.predict(x_test, batch_size=512, verbose=0)
     return x_test, y_test, np.asarray(keras.ops.softmax(logits, axis=-1))
 

@@ -146,6 +146,27 @@ def prepare_run_dir(config, output=None):
     return run_dir
 
 
+def make_callbacks(run_dir, first_epoch):
+    """The run's callbacks; `first_epoch` > 0 when resuming from a backup."""
+    earlier = [
+        r["val_loss"] for r in cb.read_history(run_dir / "history.csv") if r["epoch"] <= first_epoch
+    ]
+    return [
+        cb.EpochTimer(),
+        cb.HistoryCSV(run_dir / "history.csv"),
+        keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs")),
+        cb.AtomicModelCheckpoint(
+            str(run_dir / "best.keras"),
+            monitor="val_loss",
+            save_best_only=True,
+            # A resumed run must beat the best epoch before the interruption.
+            initial_value_threshold=min(earlier) if earlier else None,
+        ),
+        # Last: an epoch counts as done once everything above has run for it.
+        cb.ResumableBackup(str(run_dir / "backup"), resume_epoch=first_epoch),
+    ]
+
+
 def train(config, output=None, verbose=None):
     """Trains the configured model and writes a complete run directory.
 
@@ -202,29 +223,14 @@ def train(config, output=None, verbose=None):
 
     backup_dir = run_dir / "backup"
     first_epoch = cb.ResumableBackup.saved_epoch(backup_dir)
-    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    if multi_worker:
         first_epoch = distribute.agree_on_epoch(strategy, first_epoch)
     if first_epoch:
         print(f"Resuming after epoch {first_epoch} from {backup_dir}", flush=True)
-    earlier = [
-        r["val_loss"] for r in cb.read_history(run_dir / "history.csv") if r["epoch"] <= first_epoch
-    ]
-    callbacks = [
-        cb.EpochTimer(),
-        cb.HistoryCSV(run_dir / "history.csv"),
-        keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs")),
-        cb.AtomicModelCheckpoint(
-            str(run_dir / "best.keras"),
-            monitor="val_loss",
-            save_best_only=True,
-            initial_value_threshold=min(earlier) if earlier else None,
-        ),
-        cb.ResumableBackup(
-            str(backup_dir), resume_epoch=first_epoch
-        ),  # last: an epoch counts as done once all above ran
-    ]
+    callbacks = make_callbacks(run_dir, first_epoch)
     dataset = make_dataset(x_train, y_train, global_batch, config.seed, first_epoch, t.epochs)
-    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    if multi_worker:
         # keras-team/keras#20585: fit()'s symbolic build reduces a data batch across
         # workers eagerly and fails. Without a strategy of its own the model builds while
         # tracing, and fit() still runs in the strategy's scope (see distribute.py).
@@ -287,20 +293,29 @@ def train(config, output=None, verbose=None):
     return TrainResult(model=model, history=history, metrics=metrics, run_dir=run_dir)
 
 
-def evaluate_run(run_dir, data_dir=None, checkpoint="model.keras"):
-    """Evaluates a run's saved model on the test set (loaded in Keras' safe mode).
+def load_run_model(run_dir, data_dir=None, checkpoint="model.keras"):
+    """A finished run's saved model (Keras safe mode) and its test set.
 
     Returns:
-        `{"test_loss": ..., "test_accuracy": ...}`.
+        `(model, x_test, y_test)`, the test set limited as the run's config says.
     """
     run_dir = Path(run_dir)
     path = run_dir / checkpoint
     if not path.is_file():
         raise RunError(f"{path} not found; is {run_dir} a finished run directory?")
     config = cfg.load_config(run_dir / "config.yaml")
-    model = keras.saving.load_model(path, safe_mode=True)
     data = dataclasses.asdict(config.data)
     data["data_dir"] = data_dir or data["data_dir"]
     _, _, (x_test, y_test) = load_data(**data)
+    return keras.saving.load_model(path, safe_mode=True), x_test, y_test
+
+
+def evaluate_run(run_dir, data_dir=None, checkpoint="model.keras"):
+    """Evaluates a run's saved model on its test set.
+
+    Returns:
+        `{"test_loss": ..., "test_accuracy": ...}`.
+    """
+    model, x_test, y_test = load_run_model(run_dir, data_dir, checkpoint)
     loss, accuracy = model.evaluate(x_test, y_test, batch_size=256, verbose=0)
     return {"test_loss": float(loss), "test_accuracy": float(accuracy)}
