@@ -1,4 +1,5 @@
 import json
+import subprocess
 
 import keras
 import pandas as pd
@@ -98,3 +99,29 @@ def test_unwritable_output_is_reported_before_training(tmp_path):
     result = run_cli("train", "--config", CONFIGS / "baseline.yaml", "--output", blocker / "run")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "cannot write to" in result.stderr or "is a file" in result.stderr, result.stderr[-500:]
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 1 MB tmpfs: room for config and history, not for a 4 MB model."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True
+    )
+    if made.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+@pytest.mark.slow
+def test_full_disk_during_training_is_one_clear_error(tiny_disk):
+    run_dir = tiny_disk / "run"
+    sets = [arg for s in SMOKE for arg in ("--set", s)]
+    result = run_cli("train", "--config", CONFIGS / "baseline.yaml", *sets, "--output", run_dir)
+    assert result.returncode == 2, result.stderr[-1000:]
+    errors = [line for line in result.stderr.splitlines() if "fashion-keras: error:" in line]
+    assert len(errors) == 1 and "No space left on device while writing" in errors[0], errors
+    assert not list(run_dir.rglob("*.part*"))  # nothing half-written left behind
+    assert not (run_dir / "best.keras").exists() and not (run_dir / "metrics.json").exists()

@@ -27,6 +27,8 @@ def atomic_path(path):
         yield tmp
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; give it normal permissions
         os.replace(tmp, path)
+    except OSError as e:  # e.g. a full disk: say which file could not be written
+        raise OSError(e.errno, f"{e.strerror or e} while writing {path}") from e
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
