@@ -77,9 +77,7 @@ def _predict(args):
         if "error" in r:
             print(f"fashion-keras: error: {r['file']}: {r['error']}", file=sys.stderr)
         elif not args.json:
-            label = r["file"] + (
-                f"[{r['index']}]" if r["index"] or r["file"].endswith(".npy") else ""
-            )
+            label = r["file"] + (f"[{r['index']}]" if r["file"].endswith(".npy") else "")
             print(label + ": " + ", ".join(f"{name} {p:.1%}" for name, p in r["top"]))
     return 1 if any("error" in r for r in results) else 0
 
