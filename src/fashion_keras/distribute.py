@@ -130,11 +130,18 @@ def describe_device():
             tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus
         ]
         return f"{len(gpus)} GPU: {', '.join(names)}"
+    name = cpu_info("model name") or platform.processor() or platform.machine()
+    return f"CPU: {name}"
+
+
+def cpu_info(field):
+    """The first `field` value of /proc/cpuinfo (e.g. "model name", "flags"), or ""."""
     try:
         with open("/proc/cpuinfo") as f:
-            name = next(
-                line.split(":", 1)[1].strip() for line in f if line.startswith("model name")
-            )
-    except (OSError, StopIteration):
-        name = platform.processor() or platform.machine()
-    return f"CPU: {name}"
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == field:
+                    return value.strip()
+    except OSError:
+        pass
+    return ""

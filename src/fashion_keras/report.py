@@ -230,11 +230,9 @@ def write_report(run_dir, data_dir=None, samples=18):
     """
     run = load_run(run_dir)
     run_dir, history, metrics = run["run_dir"], run["history"], run["metrics"]
-    if not (run_dir / "model.keras").is_file():
-        raise ValueError(f"{run_dir} has no model.keras; is the run finished?")
+    x, y_true, probs = predict_test_set(run_dir, data_dir)  # fails first on an unfinished run
     out = run_dir / "report"
     out.mkdir(exist_ok=True)
-    x, y_true, probs = predict_test_set(run_dir, data_dir)
     y_pred, confidence = probs.argmax(axis=1), probs.max(axis=1)
     right, wrong = np.flatnonzero(y_pred == y_true), np.flatnonzero(y_pred != y_true)
 

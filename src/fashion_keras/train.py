@@ -63,11 +63,7 @@ def resolve_precision(precision="auto"):
         return precision
     if tf.config.list_physical_devices("GPU"):
         return "mixed_float16"
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
-    except OSError:
-        flags = []
+    flags = distribute.cpu_info("flags").split()
     return "mixed_bfloat16" if {"avx512_bf16", "amx_bf16"} & set(flags) else "float32"
 
 
