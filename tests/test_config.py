@@ -11,6 +11,8 @@ def test_shipped_configs_hold_the_tutorial_recipe():
         assert config.model["variant"] == name
         assert config.training.learning_rate == 1e-3 and config.training.batch_size == 128
         assert config.data.validation_size == 5000 and config.data.train_limit is None
+    for name in ("fast", "improved"):
+        assert load_config(CONFIGS / f"{name}.yaml").run_name == name
 
 
 def test_overrides_are_typed_and_nested():
@@ -62,6 +64,10 @@ def test_overrides_are_typed_and_nested():
         (
             {"training": {"lr_schedule": "step"}},
             "training.lr_schedule must be one of constant, cosine",
+        ),
+        (
+            {"training": {"early_stopping_patience": 0}},
+            "training.early_stopping_patience must be at least 1, or null to run all epochs",
         ),
         (
             {"training": {"steps_per_execution": 0}},

@@ -50,7 +50,10 @@ def test_generic_builder_makes_other_shapes():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"variant": "resnet"}, "Unknown model variant 'resnet'. Available: baseline, dropout"),
+        (
+            {"variant": "resnet"},
+            "Unknown model variant 'resnet'. Available: baseline, dropout, improved",
+        ),
         ({"variant": "dropout", "dropout_rates": (0.5, 0.5, 1.0, 0.2)}, "[0, 1)"),
         ({"variant": "dropout", "dropout_rates": (-0.1, 0.5, 0.5, 0.2)}, "[0, 1)"),
         ({"variant": "dropout", "dropout_rates": (0.5,)}, "dropout_rates must be None or 4 rates"),
@@ -64,4 +67,50 @@ def test_generic_builder_makes_other_shapes():
 def test_bad_arguments_raise_value_error_naming_them(kwargs, message):
     with pytest.raises(ValueError) as e:
         build_model(**kwargs)
+    assert message in str(e.value)
+
+
+def test_improved_variant_adds_convs_batch_norm_and_augmentation():
+    model = build_model("improved")
+    names = [layer.name for layer in model.layers]
+    assert names[1:3] == ["random_translation", "random_flip"]
+    convs = [layer.name for layer in model.layers if layer.name.endswith("_conv")]
+    assert convs == [
+        "block1_conv",
+        "block2_1_conv",
+        "block2_2_conv",
+        "block3_1_conv",
+        "block3_2_conv",
+    ]
+    assert len([n for n in names if n.endswith("_bn")]) == 5
+    assert [layer.rate for layer in model.layers if "dropout" in layer.name] == [0.1, 0.2, 0.3]
+
+
+def test_augmentation_acts_in_training_only():
+    model = build_cnn(filters=(4,), units=8, random_translation=0.3, random_flip="horizontal")
+    plain = build_cnn(filters=(4,), units=8)
+    for layer in plain.layers:
+        if layer.weights:
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+    images = np.random.default_rng(0).random((16, 28, 28, 1)).astype("float32")
+    np.testing.assert_allclose(model(images, training=False), plain(images), rtol=1e-6)
+    assert not np.allclose(model(images, training=True), plain(images), rtol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (
+            {"convs_per_block": (1, 2)},
+            "convs_per_block must be one integer or one per conv block (3)",
+        ),
+        ({"convs_per_block": 0}, "convs_per_block must be positive integers"),
+        ({"random_translation": 1.5}, "random_translation must be a fraction"),
+        ({"random_translation": True}, "random_translation must be a fraction"),
+        ({"random_flip": "sideways"}, "random_flip must be one of (None, 'horizontal'"),
+    ],
+)
+def test_bad_block_and_augmentation_arguments(kwargs, message):
+    with pytest.raises(ValueError) as e:
+        build_cnn(**kwargs)
     assert message in str(e.value)

@@ -35,6 +35,8 @@ class TrainingConfig:
     batch_size: int = 128  # per replica; the global batch is this times the replicas
     learning_rate: float = 1e-3
     lr_schedule: str = "constant"  # constant | cosine (decays to 0 over all epochs)
+    early_stopping_patience: int | None = None  # stop after N epochs without a better
+    # val_loss, and keep the best epoch's weights (from best.keras); None: run all epochs
     deterministic: bool = False  # TF op determinism: bit-identical reruns on CPU
     precision: str = "auto"  # auto | float32 | mixed_bfloat16 | mixed_float16
     steps_per_execution: int = 1  # batches per compiled call (fewer Python round trips)
@@ -139,6 +141,12 @@ def _check_ranges(config):
             t.steps_per_execution,
             t.steps_per_execution >= 1,
             "at least 1",
+        ),
+        (
+            "training.early_stopping_patience",
+            t.early_stopping_patience,
+            t.early_stopping_patience is None or t.early_stopping_patience >= 1,
+            "at least 1, or null to run all epochs",
         ),
         ("data.validation_size", d.validation_size, 1 <= d.validation_size < 60000, "in 1..59999"),
     ]

@@ -142,11 +142,21 @@ def prepare_run_dir(config, output=None):
     return run_dir
 
 
-def make_callbacks(run_dir, first_epoch):
+def make_callbacks(run_dir, first_epoch, early_stopping_patience=None):
     """The run's callbacks; `first_epoch` > 0 when resuming from a backup."""
     earlier = [
         r["val_loss"] for r in cb.read_history(run_dir / "history.csv") if r["epoch"] <= first_epoch
     ]
+    best_before = min(earlier) if earlier else None
+    stopping = []
+    if early_stopping_patience:
+        # A resumed run must beat its best epoch so far to reset the patience count.
+        # The best weights come from best.keras after fit, so they survive a resume too.
+        stopping = [
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=early_stopping_patience, baseline=best_before
+            )
+        ]
     return [
         cb.EpochTimer(),
         cb.HistoryCSV(run_dir / "history.csv"),
@@ -156,8 +166,9 @@ def make_callbacks(run_dir, first_epoch):
             monitor="val_loss",
             save_best_only=True,
             # A resumed run must beat the best epoch before the interruption.
-            initial_value_threshold=min(earlier) if earlier else None,
+            initial_value_threshold=best_before,
         ),
+        *stopping,
         # Last: an epoch counts as done once everything above has run for it.
         cb.ResumableBackup(str(run_dir / "backup"), resume_epoch=first_epoch),
     ]
@@ -224,7 +235,7 @@ def train(config, output=None, verbose=None):
         first_epoch = distribute.agree_on_epoch(strategy, first_epoch)
     if first_epoch:
         print(f"Resuming after epoch {first_epoch} from {backup_dir}", flush=True)
-    callbacks = make_callbacks(run_dir, first_epoch)
+    callbacks = make_callbacks(run_dir, first_epoch, t.early_stopping_patience)
     dataset = make_dataset(x_train, y_train, global_batch, config.seed, first_epoch, t.epochs)
     if multi_worker:
         # keras-team/keras#20585: fit()'s symbolic build reduces a data batch across
@@ -247,18 +258,21 @@ def train(config, output=None, verbose=None):
             epochs_done = cb.ResumableBackup.saved_epoch(backup_dir)
             raise TrainingInterrupted(run_dir, epochs_done) from None
         fit_time = time.perf_counter() - fit_start
+        if t.early_stopping_patience:
+            model.load_weights(run_dir / "best.keras")  # the best epoch, as promised
         test_loss, test_accuracy = model.evaluate(
             x_test, y_test, batch_size=global_batch, verbose=0
         )
     history = pd.DataFrame(cb.read_history(run_dir / "history.csv"))
     best = history.loc[history["val_loss"].idxmin()]
-    epochs_run = t.epochs - first_epoch
+    epochs_run = len(history) - first_epoch
     metrics = {
         "test_loss": float(test_loss),
         "test_accuracy": float(test_accuracy),
         "best_epoch": int(best["epoch"]),
         "best_val_loss": float(best["val_loss"]),
-        "epochs": int(t.epochs),
+        "epochs": len(history),  # fewer than configured if stopped early
+        "stopped_early": len(history) < t.epochs,
         "resumed_from_epoch": int(first_epoch),
         "wall_time_s": round(time.perf_counter() - started, 2),
         "fit_time_s": round(fit_time, 2),
