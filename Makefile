@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 ARGS   ?=
-BENCH_ARGS ?= --accuracy-epochs 5
+BENCH_ARGS ?= --accuracy-epochs 5 --accuracy-seeds 3
 
 .DEFAULT_GOAL := help
 SEEDS  ?= 1 2 3
@@ -72,7 +72,7 @@ browser: ## install headless Chromium for the page tests (Debian, as root)
 test: data browser ## run the test suite (real data; trains small models)
 	$(BIN)/pytest -q
 
-bench: data ## throughput and 5-epoch accuracy: naive Keras vs this project vs PyTorch (BENCH_ARGS=--quick)
+bench: data ## throughput, and 5-epoch accuracy over 3 seeds: naive Keras vs this project vs PyTorch
 	$(BIN)/python bench/throughput.py --json bench/latest.json $(BENCH_ARGS)
 
 lint: $(STAMP) ## check style with ruff

@@ -6,10 +6,11 @@ slows down mid-run slows all of them alike; each number is the median over round
 range of the rounds is printed too (on the shared 2-core machines this was written on, speed
 swings between about 1,000 and 1,700 images/s from minute to minute for every contender).
 
-    python bench/throughput.py [--quick] [--json OUT] [--accuracy-epochs 5]
+    python bench/throughput.py [--quick] [--json OUT] [--accuracy-epochs 5 [--accuracy-seeds 3]]
 
 With --accuracy-epochs N it also trains naive Keras and `fashion-keras train` for N epochs on
-the full 55,000 images and compares their test accuracy (the fast path must not cost any).
+the full 55,000 images, once per seed, and compares their mean test accuracy (the fast path
+must not cost any).
 Prints a table and, with --json, writes the same numbers as JSON. Not part of the tests.
 """
 
@@ -120,19 +121,33 @@ def pytorch_eager(x, y, x_test, epochs):
     return train_time, time.perf_counter() - start
 
 
-def test_accuracies(epochs, overrides):
-    """Test accuracy after `epochs` on the full split: naive Keras vs `fashion-keras train`."""
+def test_accuracies(epochs, seeds, overrides):
+    """Test accuracy after `epochs` on the full split, naive Keras vs `fashion-keras train`,
+    once per seed (42, 43, ...): one run each is within the seed-to-seed spread."""
     (x, y), _, (x_test, y_test) = data.load_data(download=False)
-    keras.backend.clear_session()
-    keras.utils.set_random_seed(42)
-    model = naive_model()
-    model.fit(x, y, batch_size=BATCH_SIZE, epochs=epochs, verbose=0)
-    naive = model.evaluate(x_test, y_test, verbose=0)[1]
-    keras.backend.clear_session()
-    config = load_config("configs/baseline.yaml", [f"training.epochs={epochs}", *overrides])
-    with tempfile.TemporaryDirectory() as run_dir:
-        ours = train(config, output=run_dir, verbose=0).metrics["test_accuracy"]
-    return {"epochs": epochs, "naive Keras": naive, "fashion_keras": ours}
+    runs = {"naive Keras": [], "fashion_keras": []}
+    for seed in range(42, 42 + seeds):
+        keras.backend.clear_session()
+        keras.utils.set_random_seed(seed)
+        model = naive_model()
+        model.fit(x, y, batch_size=BATCH_SIZE, epochs=epochs, verbose=0)
+        runs["naive Keras"].append(model.evaluate(x_test, y_test, verbose=0)[1])
+        keras.backend.clear_session()
+        config = load_config(
+            "configs/baseline.yaml", [f"seed={seed}", f"training.epochs={epochs}", *overrides]
+        )
+        with tempfile.TemporaryDirectory() as run_dir:
+            runs["fashion_keras"].append(
+                train(config, output=run_dir, verbose=0).metrics["test_accuracy"]
+            )
+    means = {name: statistics.mean(accuracies) for name, accuracies in runs.items()}
+    return {
+        "epochs": epochs,
+        "seeds": seeds,
+        "runs": runs,
+        "mean": means,
+        "difference_points": 100 * (means["fashion_keras"] - means["naive Keras"]),
+    }
 
 
 def data_load_seconds():
@@ -169,7 +184,16 @@ def main(argv=None):
         metavar="N",
         help="also compare test accuracy after N epochs on the full data (about 1 min/epoch)",
     )
+    parser.add_argument(
+        "--accuracy-seeds",
+        type=int,
+        default=1,
+        metavar="K",
+        help="repeat that comparison with K seeds and compare the means (default 1)",
+    )
     args = parser.parse_args(argv)
+    if args.accuracy_epochs < 0 or args.accuracy_seeds < 1:
+        parser.error("--accuracy-epochs must be >= 0 and --accuracy-seeds >= 1")
     n, rounds, epochs = (2000, 2, 1) if args.quick else (10000, 6, 1)
 
     cold, cached = data_load_seconds()
@@ -239,7 +263,7 @@ def main(argv=None):
         "data_load_s": {"cold": cold, "cached": cached},
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         # Last: it trains on the full data, which would inflate the peak RSS above.
-        "test_accuracy": test_accuracies(args.accuracy_epochs, args.set)
+        "test_accuracy": test_accuracies(args.accuracy_epochs, args.accuracy_seeds, args.set)
         if args.accuracy_epochs
         else None,
     }
@@ -260,11 +284,12 @@ def main(argv=None):
     rss = report["peak_rss_mb"]
     print(f"data load: cold {cold:.2f} s, cached {cached:.2f} s; peak RSS {rss:.0f} MB")
     if accuracy := report["test_accuracy"]:
-        naive, ours = accuracy["naive Keras"], accuracy["fashion_keras"]
-        print(
-            f"test accuracy after {accuracy['epochs']} epochs on 55,000 images: naive Keras "
-            f"{naive:.4f}, fashion_keras {ours:.4f} ({100 * (ours - naive):+.2f} points)"
-        )
+        print(f"\ntest accuracy after {accuracy['epochs']} epochs on 55,000 images, by seed:")
+        for name, accuracies in accuracy["runs"].items():
+            spread = f" ± {statistics.stdev(accuracies):.4f}" if len(accuracies) > 1 else ""
+            each = ", ".join(f"{a:.4f}" for a in accuracies)
+            print(f"  {name:<15} {each}  (mean {accuracy['mean'][name]:.4f}{spread})")
+        print(f"  fashion_keras - naive: {accuracy['difference_points']:+.2f} points (means)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
