@@ -123,7 +123,7 @@ def pytorch_eager(x, y, x_test, epochs):
 
 def test_accuracies(epochs, seeds, overrides):
     """Test accuracy after `epochs` on the full split, naive Keras vs `fashion-keras train`,
-    once per seed (42, 43, ...): one run each is within the seed-to-seed spread."""
+    once per seed (42, 43, ...): one run per side cannot tell a cost from seed-to-seed spread."""
     (x, y), _, (x_test, y_test) = data.load_data(download=False)
     runs = {"naive Keras": [], "fashion_keras": []}
     for seed in range(42, 42 + seeds):
