@@ -80,8 +80,13 @@ def build_model(variant="baseline", **overrides):
 FLIP_MODES = (None, "horizontal", "vertical", "horizontal_and_vertical")
 
 
+def _as_tuple(value):
+    """Arguments that take one value or several (`units`, `filters`, ...) as a tuple."""
+    return tuple(value) if isinstance(value, (list, tuple)) else (value,)
+
+
 def _check_positive_ints(name, value, allow_empty=False):
-    items = value if isinstance(value, (tuple, list)) else (value,)
+    items = _as_tuple(value)
     ok = (allow_empty or items) and all(
         isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in items
     )
@@ -118,7 +123,7 @@ def _validate(
         )
     _check_positive_ints("units", units, allow_empty=True)
     if dropout_rates is not None:
-        expected = len(filters) + len(units if isinstance(units, (list, tuple)) else [units])
+        expected = len(filters) + len(_as_tuple(units))
         if not isinstance(dropout_rates, (list, tuple)) or len(dropout_rates) != expected:
             raise ValueError(
                 f"dropout_rates must be None or {expected} rates: one after each of the "
@@ -194,7 +199,7 @@ def build_cnn(
         precision policy.
     """
     _validate(**locals())  # every argument, as given
-    units = tuple(units) if isinstance(units, (list, tuple)) else (units,)
+    units = _as_tuple(units)
     if not isinstance(convs_per_block, (list, tuple)):
         convs_per_block = (convs_per_block,) * len(filters)
     rates = (
