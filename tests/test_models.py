@@ -47,6 +47,20 @@ def test_generic_builder_makes_other_shapes():
     assert model.get_layer("block2_bn") is not None
 
 
+def test_strided_downsampling_replaces_pooling_with_the_same_shapes():
+    pooled = build_cnn(filters=(8, 16), convs_per_block=(1, 2))
+    strided = build_cnn(filters=(8, 16), convs_per_block=(1, 2), downsample="strides")
+    assert strided.count_params() == pooled.count_params()
+    assert not [layer for layer in strided.layers if layer.name.endswith("_pool")]
+    strides = {c.name: c.strides for c in strided.layers if c.name.endswith("_conv")}
+    assert strides == {
+        "block1_conv": (2, 2),
+        "block2_1_conv": (1, 1),
+        "block2_2_conv": (2, 2),
+    }
+    assert strided.get_layer("flatten").output.shape[1:] == (7 * 7 * 16,)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -108,6 +122,7 @@ def test_augmentation_acts_in_training_only():
         ({"random_translation": 1.5}, "random_translation must be a fraction"),
         ({"random_translation": True}, "random_translation must be a fraction"),
         ({"random_flip": "sideways"}, "random_flip must be one of (None, 'horizontal'"),
+        ({"downsample": "avg_pool"}, "downsample must be one of ('max_pool', 'strides')"),
     ],
 )
 def test_bad_block_and_augmentation_arguments(kwargs, message):

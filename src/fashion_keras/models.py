@@ -78,6 +78,7 @@ def build_model(variant="baseline", **overrides):
 
 
 FLIP_MODES = (None, "horizontal", "vertical", "horizontal_and_vertical")
+DOWNSAMPLE_MODES = ("max_pool", "strides")
 
 
 def _as_tuple(value):
@@ -100,6 +101,7 @@ def _validate(
     filters,
     kernel_size,
     convs_per_block,
+    downsample,
     units,
     dropout_rates,
     batch_norm,
@@ -120,6 +122,10 @@ def _validate(
         raise ValueError(
             f"convs_per_block must be one integer or one per conv block ({len(filters)}). "
             f"Received: convs_per_block={convs_per_block!r}"
+        )
+    if downsample not in DOWNSAMPLE_MODES:
+        raise ValueError(
+            f"downsample must be one of {DOWNSAMPLE_MODES}. Received: downsample={downsample!r}"
         )
     _check_positive_ints("units", units, allow_empty=True)
     if dropout_rates is not None:
@@ -162,6 +168,7 @@ def build_cnn(
     filters=(32, 64, 128),
     kernel_size=3,
     convs_per_block=1,
+    downsample="max_pool",
     units=128,
     dropout_rates=None,
     batch_norm=False,
@@ -172,7 +179,8 @@ def build_cnn(
     """The generic CNN: conv blocks, then dense layers, then a linear classifier.
 
     Each block is `convs_per_block` times [`Conv2D(filters[i], kernel_size, padding="same")`
-    (+ BatchNormalization) + ReLU], then `MaxPooling2D(2, padding="same")`; then Flatten,
+    (+ BatchNormalization) + ReLU], then `MaxPooling2D(2, padding="same")` (or, with
+    `downsample="strides"`, the block's last convolution has `strides=2` instead); then Flatten,
     `Dense(units)` + ReLU, and `Dense(num_classes)`. Kernels use Glorot-uniform
     initialisation (Keras' default). Optional augmentation layers come first; like
     Dropout they act only in training, so `predict` and `evaluate` see the plain images.
@@ -184,6 +192,9 @@ def build_cnn(
         kernel_size: side of the square conv kernels.
         convs_per_block: convolutions before each pooling, one integer for all blocks or
             one per block, e.g. `(1, 2, 2)`.
+        downsample: how each block halves the image: `"max_pool"` (the tutorial's
+            2x2 max-pooling) or `"strides"` (its last convolution moves 2 pixels at a time,
+            which skips computing the three of four outputs pooling would discard).
         units: width of the hidden dense layer, or a tuple for several.
         dropout_rates: None for no dropout, or one rate in [0, 1) after each conv block
             and after each dense layer, e.g. `(0.25, 0.25, 0.4, 0.3)`.
@@ -224,9 +235,11 @@ def build_cnn(
         for j in range(1, convs + 1):
             # The tutorial's single-conv names stay as they were: block1_conv, block1_relu.
             tag = f"block{i}" if convs == 1 else f"block{i}_{j}"
+            strided = downsample == "strides" and j == convs
             x = layers.Conv2D(
                 block_filters,
                 kernel_size,
+                strides=2 if strided else 1,
                 padding="same",
                 use_bias=not batch_norm,
                 name=f"{tag}_conv",
@@ -234,7 +247,8 @@ def build_cnn(
             if batch_norm:
                 x = layers.BatchNormalization(name=f"{tag}_bn")(x)
             x = layers.Activation("relu", name=f"{tag}_relu")(x)
-        x = layers.MaxPooling2D(2, padding="same", name=f"block{i}_pool")(x)
+        if downsample == "max_pool":
+            x = layers.MaxPooling2D(2, padding="same", name=f"block{i}_pool")(x)
         if rate := rates.pop(0):
             x = layers.Dropout(rate, name=f"block{i}_dropout")(x)
     x = layers.Flatten(name="flatten")(x)

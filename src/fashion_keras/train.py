@@ -9,6 +9,7 @@ resumes from the last completed epoch.
 
 import dataclasses
 import math
+import os
 import shutil
 import sys
 import time
@@ -51,6 +52,18 @@ class TrainResult:
     history: pd.DataFrame  # one row per epoch, as in history.csv
     metrics: dict  # as in metrics.json
     run_dir: Path
+
+
+def seconds_since_process_start():
+    """Wall seconds since this Python process started, imports included; None off Linux."""
+    try:
+        stat = Path("/proc/self/stat").read_text()
+        now = time.clock_gettime(time.CLOCK_BOOTTIME)  # the clock `starttime` counts on
+    except (OSError, AttributeError):
+        return None
+    start_ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, `starttime`
+    age = now - start_ticks / os.sysconf("SC_CLK_TCK")
+    return round(age, 2) if age >= 0 else None
 
 
 def resolve_precision(precision="auto"):
@@ -250,6 +263,7 @@ def train(config, output=None, verbose=None):
                 epochs=t.epochs,
                 steps_per_epoch=steps,
                 validation_data=(x_val, y_val),
+                validation_batch_size=global_batch,  # Keras' default, 32, is slower
                 shuffle=False,  # make_dataset shuffles, reproducibly
                 callbacks=callbacks,
                 verbose=verbose,
@@ -275,6 +289,7 @@ def train(config, output=None, verbose=None):
         "stopped_early": len(history) < t.epochs,
         "resumed_from_epoch": int(first_epoch),
         "wall_time_s": round(time.perf_counter() - started, 2),
+        "process_wall_time_s": seconds_since_process_start(),
         "fit_time_s": round(fit_time, 2),
         "seconds_per_epoch": round(float(np.median(history["epoch_time"].tail(epochs_run))), 2),
         "train_images_per_s": round(len(x_train) * epochs_run / fit_time, 1),
