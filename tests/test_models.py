@@ -97,6 +97,8 @@ def test_improved_variant_adds_convs_batch_norm_and_augmentation():
         "block3_2_conv",
     ]
     assert len([n for n in names if n.endswith("_bn")]) == 5
+    assert not [n for n in names if n.endswith("_pool")]  # strided convolutions instead
+    assert model.count_params() == 541_994
     assert [layer.rate for layer in model.layers if "dropout" in layer.name] == [0.1, 0.2, 0.3]
 
 

@@ -266,10 +266,12 @@ CNN_ARGS = {k: p.default for k, p in inspect.signature(build_cnn).parameters.ite
 register_model("baseline", name="baseline")
 register_model("dropout", dropout_rates=(0.25, 0.25, 0.4, 0.3), name="dropout")
 # Beyond the tutorial: a second convolution in the two deeper blocks (where it is cheap),
-# batch normalisation, light dropout, and random shifts and horizontal flips.
+# strided instead of pooled downsampling (about twice as fast here), batch normalisation,
+# light dropout, and random shifts and horizontal flips.
 register_model(
     "improved",
     convs_per_block=(1, 2, 2),
+    downsample="strides",
     batch_norm=True,
     dropout_rates=(0.0, 0.1, 0.2, 0.3),
     random_translation=0.08,  # up to 2 pixels
