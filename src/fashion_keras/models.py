@@ -190,7 +190,7 @@ def build_cnn(
         num_classes: number of output logits.
         filters: filters of each conv block; its length is the number of blocks.
         kernel_size: side of the square conv kernels.
-        convs_per_block: convolutions before each pooling, one integer for all blocks or
+        convs_per_block: convolutions in each block, one integer for all blocks or
             one per block, e.g. `(1, 2, 2)`.
         downsample: how each block halves the image: `"max_pool"` (the tutorial's
             2x2 max-pooling) or `"strides"` (its last convolution moves 2 pixels at a time,
