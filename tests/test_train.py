@@ -1,11 +1,12 @@
-"""`train()` in process: early stopping, and the improved preset end to end, on real data."""
+"""`train()` in process: early stopping, the improved preset end to end, on real data; run dirs."""
 
 import keras
 import numpy as np
 import pytest
+import yaml
 
 from fashion_keras.config import load_config
-from fashion_keras.train import evaluate_run, train
+from fashion_keras.train import RunError, evaluate_run, prepare_run_dir, train
 
 from conftest import CONFIGS, SMOKE
 
@@ -43,3 +44,30 @@ def test_improved_preset_trains_saves_and_reloads(tmp_path):
         rtol=1e-5,
         atol=1e-5,
     )
+
+
+def test_run_config_spells_out_the_network_and_guards_resumes(tmp_path):
+    config = load_config(CONFIGS / "improved.yaml")
+    run_dir = prepare_run_dir(config, tmp_path / "run")
+    saved_path = run_dir / "config.yaml"
+    saved = yaml.safe_load(saved_path.read_text())
+    assert saved["model"]["downsample"] == "strides"
+    assert saved["model"]["convs_per_block"] == [1, 2, 2]
+    # The same config resumes, and so does the run's own file.
+    assert prepare_run_dir(config, run_dir) == run_dir
+    assert prepare_run_dir(load_config(saved_path), run_dir) == run_dir
+
+    # A run started while the variant still max-pooled must not resume with strides...
+    saved["model"]["downsample"] = "max_pool"
+    saved_path.write_text(yaml.safe_dump(saved, sort_keys=False))
+    before = saved_path.read_text()
+    with pytest.raises(RunError, match=f"different config or network.*--config {saved_path}"):
+        prepare_run_dir(config, run_dir)
+    assert saved_path.read_text() == before
+    # ...but resumes from its own config, network and all.
+    assert prepare_run_dir(load_config(saved_path), run_dir) == run_dir
+    assert yaml.safe_load(saved_path.read_text())["model"]["downsample"] == "max_pool"
+
+    # A file from before the model section was spelled out resolves with today's variant.
+    saved_path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    assert prepare_run_dir(config, run_dir) == run_dir

@@ -254,5 +254,15 @@ def load_config(path=None, overrides=()):
 
 
 def dump_config(config):
-    """The config as YAML text (what a run directory's `config.yaml` holds)."""
-    return yaml.safe_dump(config.to_dict(), sort_keys=False)
+    """The config as YAML text (what a run directory's `config.yaml` holds).
+
+    The `model` section spells out every `build_cnn` argument, not only the variant's name,
+    so the file rebuilds the same network even after the variant's defaults change.
+    """
+    values = config.to_dict()
+    args = models.model_args(**config.model_kwargs())
+    values["model"] = {
+        "variant": config.model["variant"],
+        **{k: list(v) if isinstance(v, tuple) else v for k, v in args.items()},
+    }
+    return yaml.safe_dump(values, sort_keys=False, default_flow_style=None)

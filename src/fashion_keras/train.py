@@ -126,6 +126,17 @@ def make_dataset(x, y, batch_size, seed, first_epoch, epochs):
     )
 
 
+def _resolved_text(path):
+    """A saved `config.yaml` as `dump_config` writes it today (None if it no longer loads).
+
+    Files written before the model section was spelled out resolve with today's variants.
+    """
+    try:
+        return cfg.dump_config(cfg.load_config(path))
+    except cfg.ConfigError:
+        return None
+
+
 def prepare_run_dir(config, output=None):
     """Creates (or reopens, to resume) the run directory and writes `config.yaml`."""
     if output is None:
@@ -140,10 +151,10 @@ def prepare_run_dir(config, output=None):
         )
     text = cfg.dump_config(config)
     saved = run_dir / "config.yaml"
-    if saved.exists() and saved.read_text() != text:
+    if saved.exists() and _resolved_text(saved) != text:
         raise RunError(
-            f"{run_dir} holds an unfinished run with a different config.yaml; resume it with the "
-            "same config and overrides, or choose another --output"
+            f"{run_dir} holds an unfinished run with a different config or network; resume it "
+            f"with --config {saved} (its own config), or choose another --output"
         )
     for stale in run_dir.rglob(".*.part*"):  # temporaries of a killed run; never complete
         stale.unlink()
