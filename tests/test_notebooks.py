@@ -10,7 +10,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("name", ["01_explore_data.ipynb", "02_baseline_vs_dropout.ipynb"])
-def test_notebook_executes(name, monkeypatch):
+def test_notebook_executes(name, monkeypatch, tmp_path):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the notebook's runs go to a temporary dir
     monkeypatch.setenv("FASHION_KERAS_NB_LIMIT", "500")
     monkeypatch.setenv("FASHION_KERAS_NB_EPOCHS", "2")
     path = ROOT / "notebooks" / name
