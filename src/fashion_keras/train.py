@@ -154,7 +154,7 @@ def prepare_run_dir(config, output=None):
     if saved.exists() and _resolved_text(saved) != text:
         raise RunError(
             f"{run_dir} holds an unfinished run with a different config or network; resume it "
-            f"with --config {saved} (its own config), or choose another --output"
+            f"with its own: --config {saved} --output {run_dir}, or choose another --output"
         )
     for stale in run_dir.rglob(".*.part*"):  # temporaries of a killed run; never complete
         stale.unlink()
