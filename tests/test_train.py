@@ -73,3 +73,47 @@ def test_run_config_spells_out_the_network_and_guards_resumes(tmp_path):
     # A file from before the model section was spelled out resolves with today's variant.
     saved_path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     assert prepare_run_dir(config, run_dir) == run_dir
+
+
+def _summaries(log_dir):
+    """`{(subdir, tag)}` written under a TensorBoard log dir, plus `("graph",)` for a graph."""
+    import tensorflow as tf
+
+    found = set()
+    for path in log_dir.rglob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            found |= {(path.parent.name, v.tag) for v in event.summary.value}
+            if event.graph_def:
+                found.add(("graph",))
+    return found
+
+
+def test_tensorboard_writes_what_keras_writes(tmp_path):
+    from fashion_keras.callbacks import TensorBoard
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((64, 28, 28, 1), "float32"), rng.integers(0, 10, 64)
+    written = []
+    for callback in (keras.callbacks.TensorBoard, TensorBoard):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential(
+            [keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(10)]
+        )
+        model.compile(
+            optimizer="adam",
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
+        log_dir = tmp_path / callback.__module__
+        model.fit(
+            x,
+            y,
+            batch_size=16,
+            epochs=2,
+            validation_split=0.25,
+            verbose=0,
+            callbacks=[callback(log_dir=str(log_dir))],
+        )
+        written.append(_summaries(log_dir))
+    assert {("train", "epoch_loss"), ("validation", "epoch_accuracy")} <= written[0]
+    assert written[1] == written[0]

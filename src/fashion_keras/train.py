@@ -184,7 +184,7 @@ def make_callbacks(run_dir, first_epoch, early_stopping_patience=None):
     return [
         cb.EpochTimer(),
         cb.HistoryCSV(run_dir / "history.csv"),
-        keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs")),
+        cb.TensorBoard(log_dir=str(run_dir / "logs")),
         cb.AtomicModelCheckpoint(
             str(run_dir / "best.keras"),
             monitor="val_loss",
