@@ -113,6 +113,21 @@ def test_augmentation_acts_in_training_only():
     assert not np.allclose(model(images, training=True), plain(images), rtol=1e-3)
 
 
+def test_random_erasing_overwrites_one_rectangle_per_training_image():
+    model = build_cnn(filters=(4,), units=8, random_erasing=1.0)
+    erasing = model.get_layer("random_erasing")
+    images = np.full((32, 28, 28, 1), 0.5, dtype="float32")
+    np.testing.assert_array_equal(erasing(images, training=False), images)
+    changed = np.asarray(erasing(images, training=True)) != images
+    assert changed.any(axis=(1, 2, 3)).all()  # probability 1: every image
+    rows, cols = changed.any(axis=(2, 3)), changed.any(axis=(1, 3))
+    # One rectangle: the changed pixels lie inside the box their rows and columns span.
+    for i in range(len(images)):
+        box = rows[i][:, None] & cols[i][None, :]
+        assert not (changed[i, ..., 0] & ~box).any()
+        assert 0.05 < rows[i].mean() < 0.65 and 0.05 < cols[i].mean() < 0.65
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -124,6 +139,8 @@ def test_augmentation_acts_in_training_only():
         ({"random_translation": 1.5}, "random_translation must be a fraction"),
         ({"random_translation": True}, "random_translation must be a fraction"),
         ({"random_flip": "sideways"}, "random_flip must be one of (None, 'horizontal'"),
+        ({"random_erasing": 1.5}, "random_erasing must be a probability in [0, 1]"),
+        ({"random_erasing": "0.5"}, "random_erasing must be a probability in [0, 1]"),
         ({"downsample": "avg_pool"}, "downsample must be one of ('max_pool', 'strides')"),
     ],
 )

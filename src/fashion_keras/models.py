@@ -107,6 +107,7 @@ def _validate(
     batch_norm,
     random_translation,
     random_flip,
+    random_erasing,
     name,
 ):
     _check_positive_ints("input_shape", input_shape)
@@ -151,6 +152,15 @@ def _validate(
             "random_translation must be a fraction of the image size in [0, 1). "
             f"Received: random_translation={random_translation!r}"
         )
+    if (
+        isinstance(random_erasing, bool)
+        or not isinstance(random_erasing, (int, float))
+        or not 0 <= random_erasing <= 1
+    ):
+        raise ValueError(
+            "random_erasing must be a probability in [0, 1]. "
+            f"Received: random_erasing={random_erasing!r}"
+        )
     if random_flip not in FLIP_MODES:
         raise ValueError(
             f"random_flip must be one of {FLIP_MODES}. Received: random_flip={random_flip!r}"
@@ -174,6 +184,7 @@ def build_cnn(
     batch_norm=False,
     random_translation=0.0,
     random_flip=None,
+    random_erasing=0.0,
     name="cnn",
 ):
     """The generic CNN: conv blocks, then dense layers, then a linear classifier.
@@ -203,6 +214,8 @@ def build_cnn(
             and width (`RandomTranslation`, whole pixels, zero fill); 0 for none.
         random_flip: `RandomFlip` mode for training images: None, `"horizontal"`,
             `"vertical"` or `"horizontal_and_vertical"`.
+        random_erasing: probability that a training image gets one rectangle (each side
+            14-57 % of the image's) overwritten with noise (`RandomErasing`); 0 for none.
         name: the model's name.
 
     Returns:
@@ -231,6 +244,11 @@ def build_cnn(
         )(x)
     if random_flip:
         x = layers.RandomFlip(random_flip, name="random_flip")(x)
+    if random_erasing:
+        # A fixed probability: Keras samples one per image from [0, factor] when given a number.
+        x = layers.RandomErasing(
+            (random_erasing, random_erasing), value_range=(0, 1), name="random_erasing"
+        )(x)
     for i, (block_filters, convs) in enumerate(zip(filters, convs_per_block, strict=True), start=1):
         for j in range(1, convs + 1):
             # The tutorial's single-conv names stay as they were: block1_conv, block1_relu.
