@@ -86,6 +86,11 @@ def _as_tuple(value):
     return tuple(value) if isinstance(value, (list, tuple)) else (value,)
 
 
+def _is_number(value):
+    """An int or float, not a bool (which Python counts as an int)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _check_positive_ints(name, value, allow_empty=False):
     items = _as_tuple(value)
     ok = (allow_empty or items) and all(
@@ -138,25 +143,17 @@ def _validate(
                 f"Received: dropout_rates={dropout_rates!r}"
             )
         for rate in dropout_rates:
-            if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+            if not _is_number(rate) or not 0 <= rate < 1:
                 raise ValueError(
                     f"Each dropout rate must be a number in [0, 1). "
                     f"Received: dropout_rates={dropout_rates!r}"
                 )
-    if (
-        isinstance(random_translation, bool)
-        or not isinstance(random_translation, (int, float))
-        or not 0 <= random_translation < 1
-    ):
+    if not _is_number(random_translation) or not 0 <= random_translation < 1:
         raise ValueError(
             "random_translation must be a fraction of the image size in [0, 1). "
             f"Received: random_translation={random_translation!r}"
         )
-    if (
-        isinstance(random_erasing, bool)
-        or not isinstance(random_erasing, (int, float))
-        or not 0 <= random_erasing <= 1
-    ):
+    if not _is_number(random_erasing) or not 0 <= random_erasing <= 1:
         raise ValueError(
             "random_erasing must be a probability in [0, 1]. "
             f"Received: random_erasing={random_erasing!r}"
