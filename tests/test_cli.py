@@ -1,5 +1,6 @@
 import json
 import subprocess
+import sys
 import time
 
 import keras
@@ -44,6 +45,19 @@ def test_help_everywhere():
     for command in ([], ["train"], ["evaluate"], ["data"]):
         result = run_cli(*command, "--help")
         assert result.returncode == 0 and "usage: fashion-keras" in result.stdout
+
+
+def test_help_and_data_start_without_tensorflow():
+    # TensorFlow takes seconds to import and prints start-up messages; only commands that
+    # build or load a model should pay for it.
+    code = (
+        "import sys; from fashion_keras import cli, data; "
+        "cli.build_parser(); data.find_data_dir(None, download=False); "
+        "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
 
 
 def test_data_check_verifies_the_real_files():

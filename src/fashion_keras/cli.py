@@ -24,13 +24,17 @@ examples:
 
 def _train(args):
     from fashion_keras.config import load_config
-    from fashion_keras.train import train
+    from fashion_keras.train import TrainingInterrupted, train
 
     overrides = list(args.set)
     if args.data_dir:
         overrides.append(f"data.data_dir={args.data_dir}")
     config = load_config(args.config, overrides)
-    result = train(config, output=args.output)
+    try:
+        result = train(config, output=args.output)
+    except TrainingInterrupted as e:
+        print(f"fashion-keras: {e}", file=sys.stderr)
+        return 130
     print(json.dumps(result.metrics, indent=2))
 
 
@@ -183,13 +187,8 @@ def main(argv=None):
     os.environ.setdefault("MPLBACKEND", "Agg")  # plots go to files, never to a window
     # A `kill` stops training like Ctrl-C: cleanly, with the backup kept for resuming.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    from fashion_keras.train import TrainingInterrupted
-
     try:
         status = args.func(args)
-    except TrainingInterrupted as e:
-        print(f"fashion-keras: {e}", file=sys.stderr)
-        return 130
     except KeyboardInterrupt:
         print("fashion-keras: interrupted", file=sys.stderr)
         return 130
