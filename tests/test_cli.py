@@ -47,17 +47,22 @@ def test_help_everywhere():
         assert result.returncode == 0 and "usage: fashion-keras" in result.stdout
 
 
-def test_help_and_data_start_without_tensorflow():
+def test_help_data_and_config_checks_start_without_tensorflow():
     # TensorFlow takes seconds to import and prints start-up messages; only commands that
-    # build or load a model should pay for it.
+    # build or load a model should pay for it, and a config mistake should show at once.
     code = (
-        "import sys; from fashion_keras import cli, data; "
+        "import sys; from fashion_keras import cli, config, data; "
         "cli.build_parser(); data.find_data_dir(None, download=False); "
+        f"config.dump_config(config.load_config({str(CONFIGS / 'improved.yaml')!r})); "
         "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+    typo = run_cli("train", "--config", CONFIGS / "baseline.yaml", "--set", "training.epoch=3")
+    assert typo.returncode == 2
+    [line] = typo.stderr.splitlines()  # the error alone, without TensorFlow's start-up lines
+    assert "did you mean training.epochs?" in line
 
 
 def test_data_check_verifies_the_real_files():

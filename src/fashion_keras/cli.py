@@ -24,12 +24,13 @@ examples:
 
 def _train(args):
     from fashion_keras.config import load_config
-    from fashion_keras.train import TrainingInterrupted, train
 
     overrides = list(args.set)
     if args.data_dir:
         overrides.append(f"data.data_dir={args.data_dir}")
-    config = load_config(args.config, overrides)
+    config = load_config(args.config, overrides)  # mistakes show before TensorFlow loads
+    from fashion_keras.train import TrainingInterrupted, train
+
     try:
         result = train(config, output=args.output)
     except TrainingInterrupted as e:

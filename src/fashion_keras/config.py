@@ -14,7 +14,6 @@ from pathlib import Path
 import yaml
 
 from fashion_keras import models
-from fashion_keras.distribute import STRATEGIES
 
 
 class ConfigError(ValueError):
@@ -73,6 +72,7 @@ class Config:
 _UNIONS = (typing.Union, types.UnionType)
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 LR_SCHEDULES = ("constant", "cosine")
+STRATEGIES = ("auto", "single", "mirrored", "multi_worker")  # see fashion_keras.distribute
 
 
 def _type_name(hint):

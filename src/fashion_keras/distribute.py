@@ -13,8 +13,6 @@ from pathlib import Path
 
 import tensorflow as tf
 
-STRATEGIES = ("auto", "single", "mirrored", "multi_worker")
-
 
 class DistributeError(ValueError):
     """The strategy asked for cannot be set up here."""

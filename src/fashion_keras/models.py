@@ -8,9 +8,6 @@ file in `configs/`.
 import difflib
 import inspect
 
-import keras
-from keras import layers
-
 from fashion_keras.data import IMAGE_SHAPE, NUM_CLASSES
 
 _MODELS = {}
@@ -220,6 +217,11 @@ def build_cnn(
         precision policy.
     """
     _validate(**locals())  # every argument, as given
+    # Keras (and TensorFlow behind it) loads here, not at import: configs validate in a
+    # fraction of a second, before a typo costs TensorFlow's start-up.
+    import keras
+    from keras import layers
+
     units = _as_tuple(units)
     if not isinstance(convs_per_block, (list, tuple)):
         convs_per_block = (convs_per_block,) * len(filters)
