@@ -1,32 +1,16 @@
-"""fashion_keras: the tutorial CNN on Fashion-MNIST, in Keras 3.
+"""fashion_keras: the tutorial CNN on Fashion-MNIST, in Keras 3."""
 
-The names below load on first use, so `fashion-keras --help` and `fashion-keras data` start
-without importing TensorFlow (seconds, and its start-up messages); `from fashion_keras import
-build_model` works as usual.
-"""
-
-import importlib
+from fashion_keras.data import CLASS_NAMES, load_data, to_one_hot
+from fashion_keras.models import build_cnn, build_model, list_models, register_model
 
 __version__ = "0.1.0"
 
-_HOMES = {
-    "CLASS_NAMES": "data",
-    "load_data": "data",
-    "to_one_hot": "data",
-    "build_cnn": "models",
-    "build_model": "models",
-    "list_models": "models",
-    "register_model": "models",
-}
-
-__all__ = sorted(_HOMES)
-
-
-def __getattr__(name):
-    if name not in _HOMES:
-        raise AttributeError(f"module 'fashion_keras' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"fashion_keras.{_HOMES[name]}"), name)
-
-
-def __dir__():
-    return sorted(list(globals()) + __all__)
+__all__ = [
+    "CLASS_NAMES",
+    "build_cnn",
+    "build_model",
+    "list_models",
+    "load_data",
+    "register_model",
+    "to_one_hot",
+]
