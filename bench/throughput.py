@@ -32,7 +32,7 @@ import tensorflow as tf  # noqa: E402
 
 from fashion_keras import build_model, data  # noqa: E402
 from fashion_keras.config import load_config  # noqa: E402
-from fashion_keras.distribute import describe_device  # noqa: E402
+from fashion_keras.distribute import cpu_info, describe_device  # noqa: E402
 from fashion_keras.train import compile_model, make_dataset, resolve_precision, train  # noqa: E402
 
 BATCH_SIZE = 128
@@ -240,8 +240,15 @@ def main(argv=None):
         ratios["train_vs_pytorch"] = (
             ours["train_images_per_s"] / results["PyTorch eager"]["train_images_per_s"]
         )
+    # The instruction sets that decide float32 vs bfloat16 speed here.
+    isa = [
+        f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in cpu_info("flags").split()
+    ]
     report = {
-        "machine": f"{describe_device()}, {os.cpu_count()} cores, {platform.platform()}",
+        "machine": (
+            f"{describe_device()} ({' '.join(isa) or 'no AVX2'}), {os.cpu_count()} cores, "
+            f"{platform.platform()}"
+        ),
         "versions": {
             "tensorflow": tf.__version__,
             "keras": keras.__version__,

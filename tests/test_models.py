@@ -148,3 +148,55 @@ def test_bad_block_and_augmentation_arguments(kwargs, message):
     with pytest.raises(ValueError) as e:
         build_cnn(**kwargs)
     assert message in str(e.value)
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+def test_fused_batch_norm_matches_keras_layer(policy):
+    import keras
+    import tensorflow as tf
+
+    from fashion_keras.layers import FusedBatchNormalization
+
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(2.0, 3.0, (16, 7, 7, 8)).astype("float32"))
+    keras.mixed_precision.set_dtype_policy(policy)
+    try:
+        ours, theirs = (
+            FusedBatchNormalization(momentum=0.9),
+            keras.layers.BatchNormalization(momentum=0.9),
+        )
+        for layer in (ours, theirs):
+            layer.build(x.shape)
+            layer.gamma.assign(np.linspace(0.5, 1.5, 8))
+            layer.beta.assign(np.linspace(-1, 1, 8))
+        results = []
+        for layer in (ours, theirs):
+            with tf.GradientTape() as tape:
+                y = layer(x, training=True)
+                loss = tf.reduce_sum(tf.cast(y, "float32") ** 3)
+            grads = tape.gradient(loss, [layer.gamma, layer.beta])
+            results.append(
+                [y, layer.moving_mean, layer.moving_variance, *grads, layer(x, training=False)]
+            )
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    assert results[0][0].dtype == results[1][0].dtype  # the policy's compute dtype
+    tol = 1e-5 if policy == "float32" else 2e-2  # bfloat16 keeps 8 bits of mantissa
+    for a, b in zip(*results, strict=True):
+        a, b = (np.asarray(tf.cast(t, "float32")) for t in (a, b))
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol * np.abs(b).max())
+
+
+def test_batch_norm_model_saves_and_loads(tmp_path):
+    import keras
+
+    from fashion_keras.layers import FusedBatchNormalization
+
+    model = build_model("improved")
+    model.save(tmp_path / "m.keras")
+    reloaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
+    assert type(reloaded.get_layer("block1_bn")) is FusedBatchNormalization
+    images = np.random.default_rng(0).random((4, 28, 28, 1)).astype("float32")
+    np.testing.assert_allclose(
+        reloaded(images, training=False), model(images, training=False), rtol=1e-6
+    )

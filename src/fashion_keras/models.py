@@ -203,7 +203,8 @@ def build_cnn(
         units: width of the hidden dense layer, or a tuple for several.
         dropout_rates: None for no dropout, or one rate in [0, 1) after each conv block
             and after each dense layer, e.g. `(0.25, 0.25, 0.4, 0.3)`.
-        batch_norm: add BatchNormalization after each convolution (conv bias dropped).
+        batch_norm: add batch normalisation after each convolution (conv bias dropped);
+            Keras' `BatchNormalization` on TensorFlow's fused kernel (`fashion_keras.layers`).
         random_translation: shift training images by up to this fraction of their height
             and width (`RandomTranslation`, whole pixels, zero fill); 0 for none.
         random_flip: `RandomFlip` mode for training images: None, `"horizontal"`,
@@ -221,6 +222,8 @@ def build_cnn(
     # fraction of a second, before a typo costs TensorFlow's start-up.
     import keras
     from keras import layers
+
+    from fashion_keras.layers import FusedBatchNormalization
 
     units = _as_tuple(units)
     if not isinstance(convs_per_block, (list, tuple)):
@@ -262,7 +265,7 @@ def build_cnn(
                 name=f"{tag}_conv",
             )(x)
             if batch_norm:
-                x = layers.BatchNormalization(name=f"{tag}_bn")(x)
+                x = FusedBatchNormalization(name=f"{tag}_bn")(x)
             x = layers.Activation("relu", name=f"{tag}_relu")(x)
         if downsample == "max_pool":
             x = layers.MaxPooling2D(2, padding="same", name=f"block{i}_pool")(x)

@@ -110,6 +110,8 @@ def predict_files(model, paths, top=3):
     """
     import keras
 
+    import fashion_keras.layers  # noqa: F401  (registers FusedBatchNormalization for load_model)
+
     if not isinstance(model, keras.Model):
         model_path = Path(model)
         if not model_path.is_file() or model_path.suffix != ".keras":
