@@ -241,9 +241,8 @@ def main(argv=None):
             ours["train_images_per_s"] / results["PyTorch eager"]["train_images_per_s"]
         )
     # The instruction sets that decide float32 vs bfloat16 speed here.
-    isa = [
-        f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in cpu_info("flags").split()
-    ]
+    flags = cpu_info("flags").split()
+    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
     report = {
         "machine": (
             f"{describe_device()} ({' '.join(isa) or 'no AVX2'}), {os.cpu_count()} cores, "
