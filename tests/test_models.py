@@ -87,7 +87,8 @@ def test_bad_arguments_raise_value_error_naming_them(kwargs, message):
 def test_improved_variant_adds_convs_batch_norm_and_augmentation():
     model = build_model("improved")
     names = [layer.name for layer in model.layers]
-    assert names[1:3] == ["random_translation", "random_flip"]
+    assert names[1:4] == ["random_translation", "random_flip", "add_mirrors"]
+    assert names[-1] == "average_mirrors"
     convs = [layer.name for layer in model.layers if layer.name.endswith("_conv")]
     assert convs == [
         "block1_conv",
@@ -111,6 +112,17 @@ def test_augmentation_acts_in_training_only():
     images = np.random.default_rng(0).random((16, 28, 28, 1)).astype("float32")
     np.testing.assert_allclose(model(images, training=False), plain(images), rtol=1e-6)
     assert not np.allclose(model(images, training=True), plain(images), rtol=1e-3)
+
+
+def test_test_time_flip_averages_each_image_with_its_mirror_outside_training():
+    model = build_cnn(filters=(4, 8), units=8, test_time_flip=True)
+    plain = build_cnn(filters=(4, 8), units=8)
+    plain.set_weights(model.get_weights())
+    images = np.random.default_rng(0).random((5, 28, 28, 1)).astype("float32")
+    mirrored = (plain.predict(images, verbose=0) + plain.predict(images[:, :, ::-1], verbose=0)) / 2
+    np.testing.assert_allclose(model.predict(images, verbose=0), mirrored, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model(images, training=True), plain(images), rtol=1e-6)
+    assert not np.allclose(model(images), plain(images), rtol=1e-3)
 
 
 def test_random_erasing_overwrites_one_rectangle_per_training_image():
@@ -142,6 +154,7 @@ def test_random_erasing_overwrites_one_rectangle_per_training_image():
         ({"random_erasing": 1.5}, "random_erasing must be a probability in [0, 1]"),
         ({"random_erasing": "0.5"}, "random_erasing must be a probability in [0, 1]"),
         ({"downsample": "avg_pool"}, "downsample must be one of ('max_pool', 'strides')"),
+        ({"test_time_flip": "yes"}, "test_time_flip must be true or false. Received: "),
     ],
 )
 def test_bad_block_and_augmentation_arguments(kwargs, message):

@@ -70,6 +70,7 @@ def test_run_config_spells_out_the_network_and_guards_resumes(tmp_path):
     assert saved["model"]["downsample"] == "strides"
     assert saved["model"]["convs_per_block"] == [2, 2, 2]  # the preset's (variant: 1, 2, 2)
     assert saved["model"]["units"] == 512  # the preset's (variant: 128)
+    assert saved["model"]["test_time_flip"] is True  # the variant's
     # The same config resumes, and so does the run's own file.
     assert prepare_run_dir(config, run_dir) == run_dir
     assert prepare_run_dir(load_config(saved_path), run_dir) == run_dir

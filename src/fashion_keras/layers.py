@@ -1,12 +1,16 @@
-"""`BatchNormalization` on TensorFlow's fused kernel.
+"""The project's layers: batch normalisation on TensorFlow's fused kernel, and test-time flips.
 
-Keras 3's layer normalises with separate ops (moments, then scale and shift), in float32 even
-under a mixed precision policy, so a bfloat16 activation is cast up and back down around it.
-TensorFlow's `FusedBatchNormV3` does the same arithmetic in one op and takes bfloat16 input.
-On the improved network this trained 1.45x as fast in `mixed_bfloat16` and 1.27x in float32
-(Intel Xeon with AMX, synthetic data; see README). Variables, config and results are Keras'
-own (to float rounding), so weights move freely between the two layers.
-"""
+Import this module before `keras.saving.load_model` on a model that uses them.
+
+`FusedBatchNormalization`: Keras 3's layer normalises with separate ops (moments, then scale
+and shift), in float32 even under a mixed precision policy, so a bfloat16 activation is cast up
+and back down around it. TensorFlow's `FusedBatchNormV3` does the same arithmetic in one op and
+takes bfloat16 input. On the improved network this trained 1.45x as fast in `mixed_bfloat16`
+and 1.27x in float32 (Intel Xeon with AMX, synthetic data; see README). Variables, config and
+results are Keras' own (to float rounding), so weights move freely between the two layers.
+
+`AddMirrors` and `AverageMirrors`: outside training, the network also sees each image's
+horizontal mirror, and outputs the mean of the two results (`build_cnn(test_time_flip=True)`)."""
 
 import keras
 import tensorflow as tf
@@ -18,7 +22,6 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
 
     Used for 4-D channels-last input with `scale` and `center` on the TensorFlow backend;
     anything else (masks, renorm, other axes or backends) runs Keras' own computation.
-    Import `fashion_keras.layers` before `keras.saving.load_model` on a model that uses it.
 
     Example:
         >>> x = layers.Conv2D(32, 3, use_bias=False)(x)
@@ -60,3 +63,37 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
                 self.moving_variance * self.momentum + variance * (1 - self.momentum)
             )
         return tf.cast(outputs, self.compute_dtype)
+
+
+@keras.saving.register_keras_serializable(package="fashion_keras")
+class AddMirrors(keras.layers.Layer):
+    """Outside training, appends each image's horizontal mirror to the batch.
+
+    The batch of n images becomes 2n: the images, then their mirrors in the same order.
+    Pair it with `AverageMirrors` after the network's output. In training it passes the
+    batch through unchanged.
+    """
+
+    def call(self, images, training=None):
+        if training:
+            return images
+        return keras.ops.concatenate([images, keras.ops.flip(images, axis=2)], axis=0)
+
+
+@keras.saving.register_keras_serializable(package="fashion_keras")
+class AverageMirrors(keras.layers.Layer):
+    """Outside training, averages each output with its mirror's (see `AddMirrors`).
+
+    The batch of 2n outputs becomes n again. In training it passes the batch through unchanged.
+
+    Example:
+        >>> x = AddMirrors()(inputs)
+        >>> ...  # the network, to logits
+        >>> outputs = AverageMirrors()(logits)
+    """
+
+    def call(self, outputs, training=None):
+        if training:
+            return outputs
+        n = keras.ops.shape(outputs)[0] // 2
+        return (outputs[:n] + outputs[n:]) / 2

@@ -110,6 +110,7 @@ def _validate(
     random_translation,
     random_flip,
     random_erasing,
+    test_time_flip,
     name,
 ):
     _check_positive_ints("input_shape", input_shape)
@@ -159,8 +160,9 @@ def _validate(
         raise ValueError(
             f"random_flip must be one of {FLIP_MODES}. Received: random_flip={random_flip!r}"
         )
-    if not isinstance(batch_norm, bool):
-        raise ValueError(f"batch_norm must be true or false. Received: batch_norm={batch_norm!r}")
+    for flag, value in (("batch_norm", batch_norm), ("test_time_flip", test_time_flip)):
+        if not isinstance(value, bool):
+            raise ValueError(f"{flag} must be true or false. Received: {flag}={value!r}")
     if not isinstance(name, str) or not name:
         raise ValueError(f"name must be a non-empty string. Received: name={name!r}")
 
@@ -179,6 +181,7 @@ def build_cnn(
     random_translation=0.0,
     random_flip=None,
     random_erasing=0.0,
+    test_time_flip=False,
     name="cnn",
 ):
     """The generic CNN: conv blocks, then dense layers, then a linear classifier.
@@ -188,7 +191,8 @@ def build_cnn(
     `downsample="strides"`, the block's last convolution has `strides=2` instead); then Flatten,
     `Dense(units)` + ReLU, and `Dense(num_classes)`. Kernels use Glorot-uniform
     initialisation (Keras' default). Optional augmentation layers come first; like
-    Dropout they act only in training, so `predict` and `evaluate` see the plain images.
+    Dropout they act only in training, so `predict` and `evaluate` see the plain images
+    (and, with `test_time_flip`, their mirrors too).
 
     Args:
         input_shape: image shape, (height, width, channels).
@@ -211,6 +215,9 @@ def build_cnn(
             `"vertical"` or `"horizontal_and_vertical"`.
         random_erasing: probability that a training image gets one rectangle (each side
             14-57 % of the image's) overwritten with noise (`RandomErasing`); 0 for none.
+        test_time_flip: outside training (`predict`, `evaluate`, validation), output the
+            mean of the logits for each image and for its horizontal mirror; twice the
+            inference work. Training is unchanged.
         name: the model's name.
 
     Returns:
@@ -223,7 +230,7 @@ def build_cnn(
     import keras
     from keras import layers
 
-    from fashion_keras.layers import FusedBatchNormalization
+    from fashion_keras.layers import AddMirrors, AverageMirrors, FusedBatchNormalization
 
     units = _as_tuple(units)
     if not isinstance(convs_per_block, (list, tuple)):
@@ -251,6 +258,8 @@ def build_cnn(
         x = layers.RandomErasing(
             (random_erasing, random_erasing), value_range=(0, 1), name="random_erasing"
         )(x)
+    if test_time_flip:
+        x = AddMirrors(dtype="float32", name="add_mirrors")(x)
     for i, (block_filters, convs) in enumerate(zip(filters, convs_per_block, strict=True), start=1):
         for j in range(1, convs + 1):
             # The tutorial's single-conv names stay as they were: block1_conv, block1_relu.
@@ -277,6 +286,8 @@ def build_cnn(
         if rate := rates.pop(0):
             x = layers.Dropout(rate, name=f"dense{i}_dropout")(x)
     outputs = layers.Dense(num_classes, dtype="float32", name="logits")(x)
+    if test_time_flip:
+        outputs = AverageMirrors(dtype="float32", name="average_mirrors")(outputs)
     return keras.Model(inputs, outputs, name=name)
 
 
@@ -287,7 +298,8 @@ register_model("baseline", name="baseline")
 register_model("dropout", dropout_rates=(0.25, 0.25, 0.4, 0.3), name="dropout")
 # Beyond the tutorial: a second convolution in the two deeper blocks (where it is cheap),
 # strided instead of pooled downsampling (about twice as fast here), batch normalisation,
-# light dropout, and random shifts and horizontal flips.
+# light dropout, and random shifts and horizontal flips; it predicts on each image and its
+# mirror (validation accuracy +0.02 to +0.38 points in all twelve runs measured; see README).
 register_model(
     "improved",
     convs_per_block=(1, 2, 2),
@@ -296,5 +308,6 @@ register_model(
     dropout_rates=(0.0, 0.1, 0.2, 0.3),
     random_translation=0.08,  # up to 2 pixels
     random_flip="horizontal",
+    test_time_flip=True,
     name="improved",
 )

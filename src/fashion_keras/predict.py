@@ -110,7 +110,7 @@ def predict_files(model, paths, top=3):
     """
     import keras
 
-    import fashion_keras.layers  # noqa: F401  (registers FusedBatchNormalization for load_model)
+    import fashion_keras.layers  # noqa: F401  (registers the project's layers for load_model)
 
     if not isinstance(model, keras.Model):
         model_path = Path(model)

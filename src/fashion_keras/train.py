@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-import fashion_keras.layers  # noqa: F401  (registers FusedBatchNormalization for load_model)
+import fashion_keras.layers  # noqa: F401  (registers the project's layers for load_model)
 from fashion_keras import callbacks as cb
 from fashion_keras import config as cfg
 from fashion_keras import distribute, files
