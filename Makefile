@@ -5,13 +5,19 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 BENCH_ARGS ?= --accuracy-epochs 5 --accuracy-seeds 3
+FRONTIER_ARGS ?=
+STUDY_ARGS ?=
 
 .DEFAULT_GOAL := help
 SEEDS  ?= 1 2 3
-# make compare trains each variant once per seed on this subset (see README for its time).
+# make compare trains each variant once per seed on this subset.
 COMPARE_SETS ?= --set data.train_limit=10000 --set training.epochs=15
+# The lowest versions pyproject.toml admits; `make test-oldest` proves they work.
+OLDEST ?= "tensorflow==2.16.1" "keras==3.9.0" "tensorboard==2.16.2"
+OLDEST_VENV ?= .venv-oldest
 
-.PHONY: help install data browser bench train-baseline train-dropout train-fast train-improved report compare test lint format clean
+.PHONY: help install data browser bench frontier study notebook train-baseline train-dropout \
+	train-fast train-improved report compare test test-fast test-oldest lint format clean
 
 help: ## show this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -32,48 +38,69 @@ data: $(STAMP) ## make Fashion-MNIST present (Debian package as root, else downl
 	fi
 	$(BIN)/fashion-keras data --check
 
-train-baseline: data ## train the tutorial baseline on the full data into runs/baseline (rerun resumes)
+train-baseline: data ## train the tutorial network, 20 epochs, into runs/baseline (rerun resumes)
 	@$(MAKE) --no-print-directory _train NAME=baseline
 
-train-dropout: data ## train the dropout variant into runs/dropout (rerun resumes)
+train-dropout: data ## train the tutorial network with dropout into runs/dropout (rerun resumes)
 	@$(MAKE) --no-print-directory _train NAME=dropout
 
-train-fast: data ## train the fast preset into runs/fast (target: 0.91 in 45 s on 2 CPU cores)
+train-fast: data ## train the fast preset for a 45-second budget into runs/fast
 	@$(MAKE) --no-print-directory _train NAME=fast
 
-train-improved: data ## train the improved preset into runs/improved (0.9466 in 26 min on a 2-core Xeon with AMX; seeds 42-45 mean 0.9457, the goal is 0.945)
+train-improved: data ## train the improved preset for a 30-minute budget into runs/improved
 	@$(MAKE) --no-print-directory _train NAME=improved
 
+# OUTPUT names the run directory: `make train-improved ARGS="--set seed=43" OUTPUT=runs/seed43`.
 _train:
-	@if [ -f runs/$(NAME)/metrics.json ]; then \
-	  echo "runs/$(NAME) is complete; delete it to train again"; \
+	@out=$${OUTPUT:-runs/$(NAME)}; if [ -f $$out/metrics.json ]; then \
+	  echo "$$out is complete; delete it, or name another run directory with OUTPUT=runs/..."; \
 	else \
-	  $(BIN)/fashion-keras train --config configs/$(NAME).yaml --output runs/$(NAME) $(ARGS); \
+	  $(BIN)/fashion-keras train --config $(NAME) --output $$out $(ARGS); \
 	fi
 
-report: $(STAMP) ## write runs/baseline/report/ and runs/dropout/report/ (index.html each)
+report: $(STAMP) ## write runs/baseline/report/ and runs/dropout/report/ and compare them
 	$(BIN)/fashion-keras report runs/baseline
 	$(BIN)/fashion-keras report runs/dropout
-	@[ -f runs/baseline/metrics.json ] && [ -f runs/dropout/metrics.json ] && \
-	  $(BIN)/fashion-keras compare runs/baseline runs/dropout --output runs/comparison
+	$(BIN)/fashion-keras compare runs/baseline runs/dropout --output runs/comparison
 
 compare: data ## train both variants for each of SEEDS on a subset, then compare with a 95% CI
 	@for seed in $(SEEDS); do for variant in baseline dropout; do \
 	  dir=runs/compare/$$variant-seed$$seed; \
-	  [ -f $$dir/metrics.json ] || $(BIN)/fashion-keras train --config configs/$$variant.yaml \
+	  [ -f $$dir/metrics.json ] || $(BIN)/fashion-keras train --config $$variant \
 	    --set seed=$$seed $(COMPARE_SETS) --output $$dir || exit 1; \
 	done; done
 	$(BIN)/fashion-keras compare runs/compare/*-seed* --output runs/compare/report
+
+study: data ## the dropout study: dropout strength x data size x seeds into runs/study (rerun continues)
+	$(BIN)/fashion-keras study --output runs/study $(STUDY_ARGS)
+
+notebook: $(STAMP) ## open the notebooks in JupyterLab (installs the notebooks extra)
+	$(BIN)/pip install -q -e ".[notebooks]"
+	$(BIN)/jupyter lab notebooks/
 
 browser: ## install headless Chromium for the page tests (Debian, as root)
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  apt-get update -q && apt-get install -y -q chromium; } || echo "chromium unavailable: page tests will skip"
 
-test: data browser ## run the test suite (real data; trains small models)
+test: data browser ## run the whole test suite, as CI does (real data; trains small models)
 	$(BIN)/pytest -q
 
+test-fast: data ## the unit tier for the edit loop: no training subprocess, about a minute
+	$(BIN)/pytest -q -m "not slow"
+
+test-oldest: data ## the unit tier on the lowest tensorflow and keras pyproject.toml admits
+	@[ -x $(OLDEST_VENV)/bin/python ] || $(PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_VENV)/bin/pip install -q --upgrade pip
+	$(OLDEST_VENV)/bin/pip install -q -e ".[dev]" $(OLDEST)
+	$(OLDEST_VENV)/bin/python -c "import keras, tensorflow as tf; print('tensorflow', tf.__version__, 'keras', keras.__version__)"
+	$(OLDEST_VENV)/bin/pytest -q -m "not slow" -p no:cacheprovider
+
+# The PyTorch contender runs where torch is installed: pip install -e ".[bench]".
 bench: data ## throughput, and 5-epoch accuracy over 3 seeds: naive Keras vs this project vs PyTorch
 	$(BIN)/python bench/throughput.py --json bench/latest.json $(BENCH_ARGS)
+
+frontier: data ## test accuracy within 1, 5 and 30 minutes: presets vs naive Keras vs PyTorch (~100 min)
+	$(BIN)/python bench/frontier.py $(FRONTIER_ARGS)
 
 lint: $(STAMP) ## check style with ruff
 	$(BIN)/ruff check src tests bench
@@ -83,5 +110,5 @@ format: $(STAMP) ## reformat with ruff
 	$(BIN)/ruff check --fix src tests bench
 	$(BIN)/ruff format src tests bench
 
-clean: ## remove caches (keeps runs/ and .venv)
-	rm -rf .pytest_cache .ruff_cache src/*.egg-info
+clean: ## remove caches (keeps runs/ and the virtual environments)
+	rm -rf .pytest_cache .ruff_cache src/*.egg-info build dist

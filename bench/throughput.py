@@ -32,7 +32,7 @@ import tensorflow as tf  # noqa: E402
 
 from fashion_keras import build_model, data  # noqa: E402
 from fashion_keras.config import load_config  # noqa: E402
-from fashion_keras.distribute import cpu_info, describe_device  # noqa: E402
+from fashion_keras.distribute import describe_device  # noqa: E402
 from fashion_keras.train import compile_model, make_dataset, resolve_precision, train  # noqa: E402
 
 BATCH_SIZE = 128
@@ -64,7 +64,7 @@ def naive_keras(x, y, x_test, epochs):
 
 # The project's path, built exactly as `fashion-keras train` builds it.
 def project(x, y, x_test, epochs, overrides):
-    config = load_config("configs/baseline.yaml", [f"training.batch_size={BATCH_SIZE}", *overrides])
+    config = load_config("baseline", [f"training.batch_size={BATCH_SIZE}", *overrides])
     model = compile_model(config)
     steps = -(-len(x) // BATCH_SIZE)
     dataset = make_dataset(x, y, BATCH_SIZE, config.seed, 0, epochs + 1)
@@ -133,9 +133,7 @@ def test_accuracies(epochs, seeds, overrides):
         model.fit(x, y, batch_size=BATCH_SIZE, epochs=epochs, verbose=0)
         runs["naive Keras"].append(model.evaluate(x_test, y_test, verbose=0)[1])
         keras.backend.clear_session()
-        config = load_config(
-            "configs/baseline.yaml", [f"seed={seed}", f"training.epochs={epochs}", *overrides]
-        )
+        config = load_config("baseline", [f"seed={seed}", f"training.epochs={epochs}", *overrides])
         with tempfile.TemporaryDirectory() as run_dir:
             runs["fashion_keras"].append(
                 train(config, output=run_dir, verbose=0).metrics["test_accuracy"]
@@ -240,14 +238,9 @@ def main(argv=None):
         ratios["train_vs_pytorch"] = (
             ours["train_images_per_s"] / results["PyTorch eager"]["train_images_per_s"]
         )
-    # The instruction sets that decide float32 vs bfloat16 speed here.
-    flags = cpu_info("flags").split()
-    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    # The machine line names the instruction sets that decide float32 vs bfloat16 speed.
     report = {
-        "machine": (
-            f"{describe_device()} ({' '.join(isa) or 'no AVX2'}), {os.cpu_count()} cores, "
-            f"{platform.platform()}"
-        ),
+        "machine": f"{describe_device()}, {platform.platform()}",
         "versions": {
             "tensorflow": tf.__version__,
             "keras": keras.__version__,
@@ -261,7 +254,7 @@ def main(argv=None):
             "rounds": rounds,
             "project_overrides": args.set,
             "project_precision": resolve_precision(
-                load_config("configs/baseline.yaml", args.set).training.precision
+                load_config("baseline", args.set).training.precision
             ),
         },
         "results": results,

@@ -1,6 +1,7 @@
 import gzip
 import hashlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
+CONFIGS = ROOT / "src" / "fashion_keras" / "presets"
 # Small real-data runs: 1 epoch on a class-balanced subset.
 SMOKE = ["training.epochs=1", "data.train_limit=1000", "data.eval_limit=500"]
 
@@ -54,13 +55,18 @@ def small_dataset(tmp_path, monkeypatch):
     return directory
 
 
-def run_cli(*args, timeout=600, env=None):
+def run_cli(*args, timeout=600, env=None, cwd=ROOT):
     """Runs `fashion-keras ARGS` in a subprocess; returns the CompletedProcess."""
     return subprocess.run(
         [sys.executable, "-m", "fashion_keras.cli", *map(str, args)],
         capture_output=True,
         text=True,
         timeout=timeout,
-        cwd=ROOT,
+        cwd=cwd,
         env={**os.environ, **(env or {})},
     )
+
+
+def epochs_logged(output):
+    """The epochs a `fashion-keras train` process trained, from its own log ("Epoch 3/3")."""
+    return [int(m) for m in re.findall(r"^Epoch (\d+)/\d+", output, flags=re.MULTILINE)]

@@ -1,9 +1,12 @@
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
 
 import keras
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -14,6 +17,7 @@ from conftest import CONFIGS, SMOKE, run_cli
     "args, message",
     [
         (["train", "--config", "nope.yaml"], "config file nope.yaml not found"),
+        (["train", "--config", "basline"], "presets: baseline, dropout, fast, improved"),
         (
             ["train", "--config", CONFIGS / "baseline.yaml", "--set", "training.epochz=3"],
             "did you mean training.epochs?",
@@ -147,3 +151,98 @@ def test_full_disk_during_training_is_one_clear_error(tiny_disk):
     assert len(errors) == 1 and "No space left on device while writing" in errors[0], errors
     assert not list(run_dir.rglob("*.part*"))  # nothing half-written left behind
     assert not (run_dir / "best.keras").exists() and not (run_dir / "metrics.json").exists()
+
+
+def test_version_and_presets():
+    from fashion_keras import __version__
+
+    version = run_cli("--version")
+    assert version.returncode == 0 and version.stdout.strip() == f"fashion-keras {__version__}"
+    presets = run_cli("presets")
+    assert presets.returncode == 0
+    names = [line.split()[0] for line in presets.stdout.splitlines()]
+    assert names == ["baseline", "dropout", "fast", "improved"]
+    assert all(len(line.split()) > 4 for line in presets.stdout.splitlines())  # a description
+
+
+@pytest.mark.parametrize("top", ["0", "-1", "11"])
+def test_predict_top_out_of_range_is_one_line(top, tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((28, 28), np.uint8))
+    result = run_cli("predict", "--model", tmp_path / "m.keras", "--top", top, tmp_path / "x.npy")
+    assert result.returncode == 2
+    [line] = result.stderr.splitlines()
+    assert f"top must be between 1 and 10 (classes listed per image). Received: top={top}" in line
+
+
+def test_unexpected_failures_are_not_called_user_mistakes(monkeypatch, capsys):
+    from fashion_keras import cli, data
+
+    def broken(*args, **kwargs):
+        raise ValueError("a bug deep inside")
+
+    monkeypatch.delenv("FASHION_KERAS_DEBUG", raising=False)
+    for name, value in {"MPLBACKEND": "Agg", "TF_CPP_MIN_LOG_LEVEL": "2"}.items():
+        monkeypatch.setenv(name, os.environ.get(name, value))  # main() sets them; undo after
+    monkeypatch.setattr(signal, "signal", lambda *args: None)  # and leave pytest's SIGTERM
+    monkeypatch.setattr(data, "find_data_dir", broken)
+    assert cli.main(["data"]) == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("fashion-keras: unexpected error: ValueError: a bug deep inside")
+    assert "FASHION_KERAS_DEBUG=1" in line
+
+    def mistake(*args, **kwargs):
+        raise data.DataError("/nowhere: not a directory")
+
+    monkeypatch.setattr(data, "find_data_dir", mistake)
+    assert cli.main(["data"]) == 2
+    assert capsys.readouterr().err == "fashion-keras: error: /nowhere: not a directory\n"
+    monkeypatch.setenv("FASHION_KERAS_DEBUG", "1")
+    monkeypatch.setattr(data, "find_data_dir", broken)
+    with pytest.raises(ValueError, match="a bug deep inside"):
+        cli.main(["data"])
+
+
+@pytest.mark.slow
+def test_a_leftover_tf_config_matters_only_for_multi_worker(tmp_path):
+    # Worker 1 of a two-worker cluster: a chief-less job's non-chief.
+    tf_config = json.dumps(
+        {
+            "cluster": {"worker": ["localhost:1", "localhost:2"]},
+            "task": {"type": "worker", "index": 1},
+        }
+    )
+    sets = [arg for s in SMOKE for arg in ("--set", s)]
+    unnamed = run_cli(
+        "train", "--config", "baseline", *sets, env={"TF_CONFIG": tf_config}, cwd=tmp_path
+    )
+    assert unnamed.returncode == 0, unnamed.stderr[-2000:]
+    assert len(list((tmp_path / "runs").glob("baseline-*/metrics.json"))) == 1
+    named = run_cli(
+        "train", "--config", "baseline", *sets, "--set", "distribute.strategy=single",
+        "--output", tmp_path / "named", env={"TF_CONFIG": tf_config},
+    )  # fmt: skip
+    assert named.returncode == 0, named.stderr[-2000:]
+    assert (tmp_path / "named" / "metrics.json").is_file()
+
+
+@pytest.mark.slow
+def test_data_dir_is_a_plain_path_and_not_part_of_the_run(tmp_path):
+    from fashion_keras import data
+    from test_resume import kill_while_writing
+
+    real, _ = data.find_data_dir(download=False)
+    for name in ("dir #1", "yes"):  # YAML would read these as a comment and as true
+        (tmp_path / name).mkdir()
+        for spec in data.FILES.values():
+            (tmp_path / name / spec.filename).symlink_to(real / spec.filename)
+    sets = [arg for s in [*SMOKE, "training.epochs=2"] for arg in ("--set", s)]
+
+    def args(data_dir):
+        return ["train", "--config", "baseline", *sets, "--output", tmp_path / "run",
+                "--data-dir", tmp_path / data_dir]  # fmt: skip
+
+    kill_while_writing(tmp_path / "run", "state.json", 2, [str(a) for a in args("dir #1")])
+    assert "data_dir" not in (tmp_path / "run" / "config.yaml").read_text()
+    moved = run_cli(*args("yes"))  # the data moved: the run still resumes
+    assert moved.returncode == 0, moved.stderr[-2000:]
+    assert "Resuming after epoch 1" in moved.stdout

@@ -1,18 +1,37 @@
 import pytest
 
-from fashion_keras.config import ConfigError, from_dict, load_config
+from fashion_keras.config import ConfigError, from_dict, list_presets, load_config
 
-from conftest import CONFIGS
+from conftest import CONFIGS, ROOT
 
 
-def test_shipped_configs_hold_the_tutorial_recipe():
+def test_shipped_presets_hold_the_tutorial_recipe():
+    assert list(list_presets()) == ["baseline", "dropout", "fast", "improved"]
     for name in ("baseline", "dropout"):
-        config = load_config(CONFIGS / f"{name}.yaml")
+        config = load_config(name)
         assert config.model["variant"] == name
         assert config.training.learning_rate == 1e-3 and config.training.batch_size == 128
         assert config.data.validation_size == 5000 and config.data.train_limit is None
+        assert config.training.epochs == 20 and config.training.time_budget_s is None
+    assert load_config("fast").training.time_budget_s == 45
+    assert load_config("improved").training.time_budget_s == 1800
     for name in ("fast", "improved"):
-        assert load_config(CONFIGS / f"{name}.yaml").run_name == name
+        assert load_config(name).run_name == name
+        assert load_config(name).training.epochs is None
+    # A path still works, and the repository's configs/ is the packaged presets themselves.
+    assert load_config(CONFIGS / "dropout.yaml") == load_config("dropout")
+    assert (ROOT / "configs").resolve() == CONFIGS.resolve()
+
+
+def test_epochs_and_time_budget_are_alternatives():
+    budgeted = load_config("baseline", ["training.time_budget_s=300"])
+    assert budgeted.training.time_budget_s == 300 and budgeted.training.epochs is None
+    fixed = load_config("improved", ["training.epochs=3"])
+    assert fixed.training.epochs == 3 and fixed.training.time_budget_s is None
+    with pytest.raises(ConfigError, match="set one of training.epochs and training.time_budget_s"):
+        from_dict({"training": {"epochs": 3, "time_budget_s": 60}})
+    with pytest.raises(ConfigError, match="set one of training.epochs and training.time_budget_s"):
+        load_config("baseline", ["training.epochs=null"])
 
 
 def test_overrides_are_typed_and_nested():
@@ -63,7 +82,7 @@ def test_overrides_are_typed_and_nested():
         ({"training": {"precision": "fp8"}}, "training.precision must be one of auto, float32"),
         (
             {"training": {"lr_schedule": "step"}},
-            "training.lr_schedule must be one of constant, cosine",
+            "training.lr_schedule must be one of constant, cosine, linear",
         ),
         (
             {"training": {"early_stopping_patience": 0}},
@@ -73,6 +92,18 @@ def test_overrides_are_typed_and_nested():
             {"training": {"steps_per_execution": 0}},
             "training.steps_per_execution must be at least 1",
         ),
+        (
+            {"training": {"epochs": None, "time_budget_s": 5}},
+            "training.time_budget_s must be at least 10",
+        ),
+        (
+            {
+                "training": {"epochs": None, "time_budget_s": 60},
+                "distribute": {"strategy": "multi_worker"},
+            },
+            "training.time_budget_s cannot be used with distribute.strategy=multi_worker",
+        ),
+        ({"data": {"data_dir": "/x", "eval_limit": 5}}, "data.eval_limit must be between"),
     ],
 )
 def test_bad_values_name_the_key(values, message):
@@ -82,8 +113,10 @@ def test_bad_values_name_the_key(values, message):
 
 
 def test_file_errors(tmp_path):
-    with pytest.raises(ConfigError, match="not found"):
+    with pytest.raises(ConfigError, match="not found; give a YAML file or one of the presets: "):
         load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="baseline, dropout, fast, improved"):
+        load_config("basline")
     bad = tmp_path / "bad.yaml"
     bad.write_text("training:\n  epochs: [1\n")
     with pytest.raises(ConfigError, match=r"YAML syntax error at line \d+, column \d+"):

@@ -1,6 +1,10 @@
 import functools
 import gzip
 import http.server
+import os
+import stat
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -254,3 +258,53 @@ def test_cli_training_on_a_damaged_copy_fails_cleanly(tmp_path, damage, message)
     assert len(errors) == 1 and str(broken) in errors[0] and message in errors[0]
     assert not list(keras_home.rglob("*.npz")) and not list(keras_home.rglob("*.part"))
     assert not (tmp_path / "run" / "history.csv").exists()
+
+
+def test_limits_give_exactly_that_many_examples():
+    (x, y), (xv, yv), (xt, yt) = data.load_data(download=False, train_limit=55000, eval_limit=5000)
+    assert (len(x), len(xv), len(xt)) == (55000, 5000, 5000)
+    (x, y), _, _ = data.load_data(download=False, train_limit=54529)
+    assert len(x) == 54529 and len(np.unique(x.reshape(len(x), -1), axis=0)) > 54000
+
+
+@pytest.mark.parametrize("limit", [10, 25, 30, 61, 75])
+def test_balanced_subset_is_as_even_as_the_classes_allow(limit):
+    counts = np.array([1, 3, 10, 10, 10, 10, 10, 10, 10, 1])  # 75 examples
+    labels = np.repeat(np.arange(10), counts)[::-1].copy()
+    picked = data.balanced_subset(labels, limit)
+    assert len(picked) == limit == len(set(picked.tolist()))
+    take = np.bincount(labels[picked], minlength=10)
+    short = take < counts  # classes that could have given more
+    if short.any():
+        assert take[short].max() - take[short].min() <= 1
+        assert (take[~short] <= take[short].max()).all()  # only small classes gave less
+    else:
+        assert limit == 75
+    with pytest.raises(ValueError, match="larger than the 75 examples"):
+        data.balanced_subset(labels, 76)
+
+
+def test_files_get_the_users_usual_permissions(mirror, monkeypatch, tmp_path):
+    from fashion_keras import files
+
+    monkeypatch.setenv("FASHION_KERAS_MIRROR", mirror)
+    old = os.umask(0o022)
+    try:
+        directory, _ = data.find_data_dir()  # downloads
+        data.read_files(directory)  # writes the decoded cache
+        files.write_text(tmp_path / "x.txt", "x")
+    finally:
+        os.umask(old)
+    written = [*directory.glob("*.gz"), *(data.keras_cache_dir() / "decoded").iterdir()]
+    assert len(written) == 5
+    for path in [*written, tmp_path / "x.txt"]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+
+
+def test_importing_the_package_leaves_the_umask_alone():
+    code = (
+        "import os; os.umask(0o027); import fashion_keras, fashion_keras.files; "
+        "print(oct(os.umask(0)))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "0o27", result.stderr

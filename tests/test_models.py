@@ -1,3 +1,4 @@
+import keras
 import numpy as np
 import pytest
 
@@ -213,3 +214,42 @@ def test_batch_norm_model_saves_and_loads(tmp_path):
     np.testing.assert_allclose(
         reloaded(images, training=False), model(images, training=False), rtol=1e-6
     )
+
+
+def _description(layer):
+    """What a layer computes, in the terms the tutorial states: type and arguments."""
+    keys = ("filters", "kernel_size", "strides", "padding", "pool_size", "units", "rate")
+    config = layer.get_config()
+    described = {key: config[key] for key in keys if key in config}
+    if "activation" in config:
+        described["activation"] = config["activation"]
+    return type(layer).__name__, described
+
+
+def test_the_baseline_is_the_tutorial_network_layer_for_layer():
+    from fashion_keras import tutorial_model
+
+    tutorial, baseline = tutorial_model(), build_model("baseline")
+    assert [_description(layer) for layer in baseline.layers[1:]] == [
+        _description(layer) for layer in tutorial.layers
+    ]
+    assert [_description(layer)[0] for layer in tutorial.layers] == [
+        "Conv2D", "MaxPooling2D", "Conv2D", "MaxPooling2D", "Conv2D", "MaxPooling2D",
+        "Flatten", "Dense", "Dense",
+    ]  # fmt: skip
+    assert baseline.count_params() == tutorial.count_params() == 356_234
+    assert tutorial.output_shape == baseline.output_shape == (None, 10)
+
+
+def test_the_dropout_variant_differs_only_by_its_dropout_layers():
+    baseline, dropout = build_model("baseline"), build_model("dropout")
+    kept = [layer for layer in dropout.layers if not isinstance(layer, keras.layers.Dropout)]
+    assert [_description(layer) for layer in kept] == [
+        _description(layer) for layer in baseline.layers
+    ]
+    after = {
+        dropout.layers[i - 1].name: layer.rate
+        for i, layer in enumerate(dropout.layers)
+        if isinstance(layer, keras.layers.Dropout)
+    }
+    assert after == {"block1_pool": 0.25, "block2_pool": 0.25, "block3_pool": 0.4, "dense1": 0.3}

@@ -1,6 +1,7 @@
 import io
 import json
 
+import keras
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -16,7 +17,10 @@ from conftest import run_cli
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("model") / "model.keras"
-    build_model("baseline").save(path)
+    model = build_model("baseline")
+    # Distinct logits for a blank image (whose activations are all zero): no ties to order.
+    model.get_layer("logits").bias.assign(np.random.default_rng(0).normal(size=10))
+    model.save(path)
     return path
 
 
@@ -104,8 +108,14 @@ def test_predict_files_reports_bad_files_and_predicts_the_rest(tmp_path, model_p
         model_path, [tmp_path / "bad.png", tmp_path / "two.npy", tmp_path / "gone.png"]
     )
     assert [("error" in r) for r in results] == [True, False, False, True]
-    top = results[1]["top"]
-    assert len(top) == 3 and abs(sum(p for _, p in top)) <= 1.0 + 1e-6
+    # The top three are the model's three most likely classes, with their softmax
+    # probabilities, most likely first.
+    logits = keras.saving.load_model(model_path).predict(np.zeros((1, 28, 28, 1)), verbose=0)[0]
+    probabilities = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    expected = [(CLASS_NAMES[i], probabilities[i]) for i in np.argsort(-probabilities)[:3]]
+    for result in results[1:3]:
+        assert [name for name, _ in result["top"]] == [name for name, _ in expected]
+        np.testing.assert_allclose([p for _, p in result["top"]], [p for _, p in expected], 1e-5)
 
 
 def test_predict_cli_json_and_exit_status(tmp_path, model_path):

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fashion_keras import compare, report
+from fashion_keras import compare, metrics, plots
 
 from conftest import CONFIGS, SMOKE, run_cli
 
@@ -37,34 +37,65 @@ def test_overfitting_verdicts():
 def test_expected_calibration_error_known_values():
     y = np.zeros(100, int)
     perfect = np.tile([1.0] + [0.0] * 9, (100, 1))
-    assert report.expected_calibration_error(perfect, y) == pytest.approx(0.0)
+    assert metrics.expected_calibration_error(perfect, y) == pytest.approx(0.0)
     # Always 90% confident, right half the time: ECE is 0.4.
     probs = np.tile([0.9, 0.1] + [0.0] * 8, (100, 1))
     y_half = np.array([0, 1] * 50)
-    assert report.expected_calibration_error(probs, y_half) == pytest.approx(0.4)
+    assert metrics.expected_calibration_error(probs, y_half) == pytest.approx(0.4)
+
+
+def test_curves_mark_the_test_result_at_the_epoch_it_was_measured():
+    metrics = {"test_loss": 0.3, "test_accuracy": 0.9, "evaluated_epoch": 2}
+    fig = plots.plot_curves(_history([0.5, 0.3, 0.4, 0.45]), metrics)
+    for ax in fig.axes:
+        [star] = [line for line in ax.lines if line.get_marker() == "*"]
+        assert list(star.get_xdata()) == [2]
+        assert star.get_label().endswith("(weights of epoch 2)")
 
 
 def test_plot_functions_return_figures_and_save_only_with_a_path(tmp_path):
-    fig = report.plot_curves(_history([0.5, 0.3, 0.4]), {"test_loss": 0.4, "test_accuracy": 0.9})
+    fig = plots.plot_curves(_history([0.5, 0.3, 0.4]), {"test_loss": 0.4, "test_accuracy": 0.9})
     assert isinstance(fig, matplotlib.figure.Figure) and not list(tmp_path.iterdir())
-    report.plot_curves(_history([0.5, 0.3, 0.4]), path=tmp_path / "c.png")
+    plots.plot_curves(_history([0.5, 0.3, 0.4]), path=tmp_path / "c.png")
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_seed_statistics_paired_interval():
+def test_seed_statistics_paired_interval_known_answer():
+    # Differences 0.01, 0.03, 0.02, 0.04: mean 0.025, sd 0.0129099, se 0.0064550, and the
+    # t quantile for 3 degrees of freedom 3.182446 (any t table): 0.025 +- 0.0205426.
     summary = pd.DataFrame(
         {
-            "variant": ["baseline"] * 3 + ["dropout"] * 3,
-            "seed": [1, 2, 3] * 2,
-            "test_accuracy": [0.90, 0.91, 0.92, 0.92, 0.93, 0.94],
-            "test_loss": [0.3] * 3 + [0.25] * 3,
+            "variant": ["baseline"] * 4 + ["dropout"] * 4,
+            "seed": [1, 2, 3, 4] * 2,
+            "test_accuracy": [0.90, 0.91, 0.92, 0.915, 0.91, 0.94, 0.94, 0.955],
+            "test_loss": [0.30, 0.31, 0.29, 0.30, 0.25, 0.27, 0.26, 0.28],
         }
     )
     per_variant, diff = compare.seed_statistics(summary)
-    assert per_variant.loc["dropout", ("test_accuracy", "mean")] == pytest.approx(0.93)
+    assert per_variant.loc["dropout", ("test_accuracy", "mean")] == pytest.approx(0.93625)
     row = diff.set_index("metric").loc["test_accuracy"]
     assert row["difference"] == "dropout - baseline" and row["method"] == "paired t (by seed)"
-    assert row["mean"] == pytest.approx(0.02) and row["ci95_low"] == pytest.approx(0.02)
+    assert row["mean"] == pytest.approx(0.025)
+    assert row["ci95_low"] == pytest.approx(0.0044574, abs=1e-7)
+    assert row["ci95_high"] == pytest.approx(0.0455426, abs=1e-7)
+
+
+def test_seed_statistics_welch_interval_known_answer():
+    # Variances 1e-4 (3 runs) and 2.5e-4 (5 runs): se^2 = 1e-4/3 + 2.5e-4/5 = 8.3333e-5,
+    # Welch-Satterthwaite dof 5.88235, t quantile 2.458824: 0.01 +- 0.0224459.
+    summary = pd.DataFrame(
+        {
+            "variant": ["dropout"] * 3 + ["baseline"] * 5,
+            "seed": [1, 2, 3, 1, 2, 3, 4, 5],
+            "test_accuracy": [0.92, 0.93, 0.94, 0.90, 0.91, 0.92, 0.93, 0.94],
+            "test_loss": [0.30, 0.32, 0.31, 0.33, 0.30, 0.29, 0.31, 0.32],
+        }
+    )
+    _, diff = compare.seed_statistics(summary)
+    row = diff.set_index("metric").loc["test_accuracy"]
+    assert row["method"] == "Welch t" and row["mean"] == pytest.approx(0.01)
+    assert row["ci95_low"] == pytest.approx(-0.0124459, abs=1e-7)
+    assert row["ci95_high"] == pytest.approx(0.0324459, abs=1e-7)
 
 
 @pytest.fixture(scope="module")

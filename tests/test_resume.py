@@ -1,4 +1,9 @@
-"""Interrupted runs resume to the same result; deterministic runs repeat exactly."""
+"""A run killed at any moment resumes where it stopped, and ends as an uninterrupted one.
+
+Each test proves a resume, not only a correct end: the rerun must say where it resumed
+(`resumed_from_epoch`) and must itself train only the epochs that were missing (its own
+log), so a from-scratch rerun fails them.
+"""
 
 import json
 import signal
@@ -9,7 +14,9 @@ import time
 import pandas as pd
 import pytest
 
-from conftest import CONFIGS, ROOT, run_cli
+from fashion_keras.rundir import read_backup
+
+from conftest import ROOT, epochs_logged, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +29,7 @@ SETS = [
 
 # Runs the CLI with os.replace patched in fashion_keras.files so the process SIGKILLs itself
 # just before the Nth rename onto a file named TARGET: the temporary file is fully written
-# but not yet in place, which is the worst moment to die while writing a checkpoint.
+# but not yet in place, which is the worst moment to die while writing it.
 KILLER = """
 import os, signal, sys
 import fashion_keras.files as files
@@ -30,10 +37,9 @@ target, nth = sys.argv[1], int(sys.argv[2])
 seen = 0
 real_replace = os.replace
 def replace(src, dst):
-    dst = str(dst)
     global seen
-    name = os.path.basename(dst)
-    if name == target or (target == "*.weights.h5" and name.endswith(".weights.h5")):
+    name = os.path.basename(str(dst))
+    if name == target or (target.startswith("*") and name.endswith(target[1:])):
         seen += 1
         if seen == nth:
             os.kill(os.getpid(), signal.SIGKILL)
@@ -44,17 +50,16 @@ sys.exit(main(sys.argv[3:]))
 """
 
 
-def train_args(run_dir):
-    sets = [arg for s in SETS for arg in ("--set", s)]
-    return ["train", "--config", str(CONFIGS / "baseline.yaml"), *sets, "--output", str(run_dir)]
+def train_args(run_dir, sets=SETS, config="baseline"):
+    sets = [arg for s in sets for arg in ("--set", s)]
+    return ["train", "--config", config, *sets, "--output", str(run_dir)]
 
 
 def outcome(run_dir):
     history = pd.read_csv(run_dir / "history.csv").drop(columns="epoch_time")
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    return history, {
-        k: metrics[k] for k in ("test_loss", "test_accuracy", "best_epoch", "best_val_loss")
-    }
+    keys = ("test_loss", "test_accuracy", "best_epoch", "best_val_loss", "evaluated_epoch")
+    return history, {k: metrics[k] for k in keys}
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +67,7 @@ def reference(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("reference") / "run"
     result = run_cli(*train_args(run_dir))
     assert result.returncode == 0, result.stderr[-2000:]
+    assert epochs_logged(result.stdout) == [1, 2, 3]
     return outcome(run_dir)
 
 
@@ -73,7 +79,23 @@ def test_deterministic_runs_are_identical(reference, tmp_path):
     assert metrics == reference[1]
 
 
-def assert_complete_and_equal(run_dir, reference):
+def kill_while_writing(run_dir, target, nth, args=None):
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLER, target, str(nth), *(args or train_args(run_dir))],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert not (run_dir / "metrics.json").exists()
+
+
+def assert_resumed(run_dir, rerun, resumed_from, reference):
+    """The rerun trained exactly the epochs after `resumed_from` and ended as the reference."""
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert epochs_logged(rerun.stdout) == list(range(resumed_from + 1, 4))
+    assert json.loads((run_dir / "metrics.json").read_text())["resumed_from_epoch"] == resumed_from
     assert not list(run_dir.rglob("*.part*")), "temporary files left behind"
     assert not (run_dir / "backup").exists()
     history, metrics = outcome(run_dir)
@@ -83,34 +105,25 @@ def assert_complete_and_equal(run_dir, reference):
 
 
 @pytest.mark.parametrize(
-    "target, nth",
+    "target, nth, resumed_from",
     [
-        ("*.weights.h5", 2),  # while writing the backup after epoch 2
-        ("state.json", 1),  # backup weights of epoch 1 written, its state.json not yet
-        ("best.keras", 2),  # while writing the best checkpoint of epoch 2
-        ("model.keras", 1),  # training done, final model being written
+        ("*.weights.h5", 2, 1),  # while writing the backup after epoch 2: epoch 1's is whole
+        ("state.json", 1, 0),  # epoch 1's backup files written, state.json not yet: no backup
+        ("best.keras", 2, 1),  # while writing the best checkpoint of epoch 2
+        ("state.json", 3, 2),  # after epoch 3's history row, before its backup is complete
+        ("model.keras", 1, 3),  # training done, final model being written
+        ("metrics.json", 1, 3),  # everything written but the file that marks the run complete
     ],
+    ids=lambda v: str(v),
 )
-def test_sigkill_while_writing_then_rerun_resumes(reference, tmp_path, target, nth):
+def test_sigkill_while_writing_then_rerun_resumes(reference, tmp_path, target, nth, resumed_from):
     run_dir = tmp_path / "run"
-    killed = subprocess.run(
-        [sys.executable, "-c", KILLER, target, str(nth), *train_args(run_dir)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-    )
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    assert not (run_dir / "metrics.json").exists()
-    for name in ("history.csv", "best.keras"):  # whatever is there is whole
-        if (run_dir / name).exists():
-            assert (run_dir / name).stat().st_size > 0
-    resumed = run_cli(*train_args(run_dir))
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert_complete_and_equal(run_dir, reference)
+    kill_while_writing(run_dir, target, nth)
+    assert max(read_backup(run_dir / "backup"), default=0) == resumed_from
+    assert_resumed(run_dir, run_cli(*train_args(run_dir)), resumed_from, reference)
 
 
-def _start_and_wait_for_epoch(run_dir, epochs_done, extra_wait):
+def _start_and_wait_for_backup(run_dir, epochs_done, extra_wait):
     process = subprocess.Popen(
         [sys.executable, "-m", "fashion_keras.cli", *train_args(run_dir)],
         stdout=subprocess.PIPE,
@@ -120,8 +133,7 @@ def _start_and_wait_for_epoch(run_dir, epochs_done, extra_wait):
     )
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and process.poll() is None:
-        history = run_dir / "history.csv"
-        if history.exists() and len(history.read_text().splitlines()) > epochs_done:
+        if max(read_backup(run_dir / "backup"), default=0) >= epochs_done:
             break
         time.sleep(0.02)
     time.sleep(extra_wait)
@@ -131,25 +143,57 @@ def _start_and_wait_for_epoch(run_dir, epochs_done, extra_wait):
 @pytest.mark.parametrize("extra_wait", [0.0, 0.3])
 def test_sigkill_mid_epoch_then_rerun_resumes(reference, tmp_path, extra_wait):
     run_dir = tmp_path / "run"
-    process = _start_and_wait_for_epoch(run_dir, 1, extra_wait)
+    process = _start_and_wait_for_backup(run_dir, 1, extra_wait)
     process.kill()
     process.communicate(timeout=60)
-    resumed = run_cli(*train_args(run_dir))
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert_complete_and_equal(run_dir, reference)
+    backed_up = max(read_backup(run_dir / "backup"), default=0)
+    if (run_dir / "metrics.json").exists():
+        pytest.skip("the run finished before the kill")
+    assert backed_up >= 1
+    assert_resumed(run_dir, run_cli(*train_args(run_dir)), backed_up, reference)
 
 
 def test_ctrl_c_stops_cleanly_and_says_how_to_resume(reference, tmp_path):
     run_dir = tmp_path / "run"
-    process = _start_and_wait_for_epoch(run_dir, 1, 0.2)
+    process = _start_and_wait_for_backup(run_dir, 1, 0.2)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     if process.returncode == 0:
         pytest.skip("the run finished before the signal arrived")
     assert process.returncode == 130, stderr[-2000:]
     assert "to resume" in stderr and "Traceback" not in stderr
-    assert (run_dir / "backup" / "state.json").exists()
-    resumed = run_cli(*train_args(run_dir))
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "Resuming after epoch" in resumed.stdout
-    assert_complete_and_equal(run_dir, reference)
+    backed_up = max(read_backup(run_dir / "backup"), default=0)
+    assert backed_up >= 1
+    rerun = run_cli(*train_args(run_dir))
+    assert f"Resuming after epoch {backed_up}" in rerun.stdout
+    assert_resumed(run_dir, rerun, backed_up, reference)
+
+
+def test_early_stopping_state_survives_a_resume(tmp_path):
+    # 100 images at a high learning rate overfit within a few epochs; patience 3.
+    sets = [
+        "data.train_limit=100",
+        "data.eval_limit=100",
+        "training.epochs=30",
+        "training.learning_rate=0.01",
+        "training.early_stopping_patience=3",
+        "training.deterministic=true",
+    ]
+    whole = run_cli(*train_args(tmp_path / "whole", sets))
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    history, metrics = outcome(tmp_path / "whole")
+    stopped = len(history)
+    assert stopped < 30
+    assert stopped == metrics["best_epoch"] + 3
+    # Kill in the middle of the patience: after the first epoch that did not improve.
+    worse = metrics["best_epoch"] + 1
+    run_dir = tmp_path / "run"
+    kill_while_writing(run_dir, "state.json", worse + 1, train_args(run_dir, sets))
+    assert max(read_backup(run_dir / "backup")) == worse
+    rerun = run_cli(*train_args(run_dir, sets))
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    # A resumed run that forgot how long it had waited would train past `stopped`.
+    assert epochs_logged(rerun.stdout) == list(range(worse + 1, stopped + 1))
+    resumed_history, resumed_metrics = outcome(run_dir)
+    pd.testing.assert_frame_equal(resumed_history, history, check_exact=True)
+    assert resumed_metrics == metrics

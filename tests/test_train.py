@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 import yaml
 
+from fashion_keras import build_cnn
 from fashion_keras.config import load_config
-from fashion_keras.train import RunError, evaluate_run, make_dataset, prepare_run_dir, train
+from fashion_keras.rundir import RunError, evaluate_run
+from fashion_keras.train import compile_model, make_dataset, prepare_run_dir, train
 
-from conftest import CONFIGS, SMOKE
+from conftest import SMOKE
 
 
 def test_make_dataset_resumes_the_same_batches_without_autotuning():
@@ -37,20 +39,21 @@ def test_early_stopping_stops_and_keeps_the_best_epoch(tmp_path):
         "training.learning_rate=0.01",
         "training.early_stopping_patience=1",
     ]
-    result = train(load_config(CONFIGS / "baseline.yaml", overrides), tmp_path / "run", verbose=0)
+    result = train(load_config("baseline", overrides), tmp_path / "run", verbose=0)
     metrics = result.metrics
     assert metrics["stopped_early"] and metrics["epochs"] < 30
     assert len(result.history) == metrics["epochs"]
     # Patience 1: the run stops at the first epoch that does not beat the best.
     assert metrics["best_epoch"] == metrics["epochs"] - 1
-    # The final model is the best epoch's, not the last one's.
+    # The final model is the best epoch's, not the last one's, and says so.
+    assert metrics["evaluated_epoch"] == metrics["best_epoch"]
     best = evaluate_run(result.run_dir, checkpoint="best.keras")
     assert best["test_loss"] == pytest.approx(metrics["test_loss"], rel=1e-5)
 
 
 @pytest.mark.slow
 def test_improved_preset_trains_saves_and_reloads(tmp_path):
-    result = train(load_config(CONFIGS / "improved.yaml", SMOKE), tmp_path / "improved", verbose=0)
+    result = train(load_config("improved", SMOKE), tmp_path / "improved", verbose=0)
     assert result.metrics["epochs"] == 1 and not result.metrics["stopped_early"]
     reloaded = keras.saving.load_model(result.run_dir / "model.keras", safe_mode=True)
     images = np.random.default_rng(0).random((8, 28, 28, 1)).astype("float32")
@@ -63,8 +66,8 @@ def test_improved_preset_trains_saves_and_reloads(tmp_path):
 
 
 def test_run_config_spells_out_the_network_and_guards_resumes(tmp_path):
-    config = load_config(CONFIGS / "improved.yaml")
-    run_dir = prepare_run_dir(config, tmp_path / "run")
+    config = load_config("improved")
+    run_dir, _ = prepare_run_dir(config, tmp_path / "run")
     saved_path = run_dir / "config.yaml"
     saved = yaml.safe_load(saved_path.read_text())
     assert saved["model"]["downsample"] == "strides"
@@ -72,8 +75,8 @@ def test_run_config_spells_out_the_network_and_guards_resumes(tmp_path):
     assert saved["model"]["units"] == 512  # the preset's (variant: 128)
     assert saved["model"]["test_time_flip"] is True  # the variant's
     # The same config resumes, and so does the run's own file.
-    assert prepare_run_dir(config, run_dir) == run_dir
-    assert prepare_run_dir(load_config(saved_path), run_dir) == run_dir
+    assert prepare_run_dir(config, run_dir)[0] == run_dir
+    assert prepare_run_dir(load_config(saved_path), run_dir)[0] == run_dir
 
     # A run started while the variant still max-pooled must not resume with strides...
     saved["model"]["downsample"] = "max_pool"
@@ -83,12 +86,25 @@ def test_run_config_spells_out_the_network_and_guards_resumes(tmp_path):
         prepare_run_dir(config, run_dir)
     assert saved_path.read_text() == before
     # ...but resumes from its own config, network and all.
-    assert prepare_run_dir(load_config(saved_path), run_dir) == run_dir
+    assert prepare_run_dir(load_config(saved_path), run_dir)[0] == run_dir
     assert yaml.safe_load(saved_path.read_text())["model"]["downsample"] == "max_pool"
 
     # A file from before the model section was spelled out resolves with today's variant.
     saved_path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    assert prepare_run_dir(config, run_dir) == run_dir
+    assert prepare_run_dir(config, run_dir)[0] == run_dir
+    # A file from 0.1 names the data's directory, which is not part of the run any more.
+    old = config.to_dict()
+    old["data"]["data_dir"] = None
+    saved_path.write_text(yaml.safe_dump(old, sort_keys=False))
+    assert prepare_run_dir(config, run_dir)[0] == run_dir
+
+
+def test_compile_model_leaves_the_global_dtype_policy_alone():
+    keras.mixed_precision.set_dtype_policy("float32")
+    model = compile_model(load_config("fast"), policy="mixed_bfloat16")
+    assert model.get_layer("block1_conv").compute_dtype == "bfloat16"
+    assert keras.mixed_precision.dtype_policy().name == "float32"
+    assert build_cnn(filters=(4,), units=8).get_layer("block1_conv").compute_dtype == "float32"
 
 
 def _summaries(log_dir):

@@ -1,44 +1,34 @@
-"""Keras callbacks made safe for runs that are killed and resumed.
+"""Keras callbacks for runs that are killed and resumed, built on public hooks only.
 
-Keras' own `CSVLogger`, `ModelCheckpoint` and `BackupAndRestore` write files in place, so
-a kill at the wrong moment leaves a truncated file, and a resumed run appends a second
-row for an epoch it repeats. These subclasses write each file atomically and keep
-`history.csv` to one row per epoch. `TensorBoard` drops per-batch work that epoch-level
-logging throws away.
+Each file is written atomically, so a kill at any moment leaves the previous version in
+place. `RunState` writes everything a resumed `fit(initial_epoch=k)` needs to continue as
+if never stopped (`fashion_keras.rundir.restore_backup` reads it back); `HistoryCSV` keeps
+`history.csv` to one row per epoch across resumes; `BestCheckpoint` and `EarlyStopping`
+take their state from the backup.
 """
 
 import csv
 import io
-import json
+import math
 import time
 from pathlib import Path
 
 import keras
+import numpy as np
 
+from fashion_keras import rundir
 from fashion_keras.files import atomic_path, write_json, write_text
-
-
-def read_history(path):
-    """Rows of a `history.csv` as dicts of floats (`epoch` as int, 1-based); [] if absent."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return [
-            {k: int(v) if k == "epoch" else float(v) for k, v in row.items()}
-            for row in csv.DictReader(f)
-        ]
 
 
 class EpochTimer(keras.callbacks.Callback):
     """Adds `epoch_time` (seconds) to each epoch's logs, so `history.csv` records it."""
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
+        self.started = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
-            logs["epoch_time"] = time.perf_counter() - self._start
+            logs["epoch_time"] = time.perf_counter() - self.started
 
 
 class TensorBoard(keras.callbacks.TensorBoard):
@@ -66,85 +56,151 @@ class HistoryCSV(keras.callbacks.Callback):
         self.filename = Path(filename)
 
     def on_train_begin(self, logs=None):
-        self._rows = None
+        self.rows = None
 
     def on_epoch_begin(self, epoch, logs=None):
-        if self._rows is None:  # first epoch of this fit: past 0 when resumed
-            self._rows = [r for r in read_history(self.filename) if r["epoch"] <= epoch]
+        if self.rows is None:  # first epoch of this fit: past 0 when resumed
+            self.rows = [r for r in rundir.read_history(self.filename) if r["epoch"] <= epoch]
 
     def on_epoch_end(self, epoch, logs=None):
-        self._rows.append({"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}})
+        self.rows.append({"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}})
         out = io.StringIO()
-        fields = list(dict.fromkeys(k for row in self._rows for k in row))
+        fields = list(dict.fromkeys(k for row in self.rows for k in row))
         writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
-        writer.writerows(self._rows)
+        writer.writerows(self.rows)
         write_text(self.filename, out.getvalue())
 
 
-class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
-    """`ModelCheckpoint` that writes to a temporary file and renames it into place."""
-
-    def _save_model(self, epoch, batch, logs):
-        filepath = self._get_file_path(epoch, batch, logs)
-        if self._should_save_model(epoch, batch, logs, filepath):
-            with atomic_path(filepath) as tmp:
-                if self.save_weights_only:
-                    self.model.save_weights(tmp)
-                else:
-                    self.model.save(tmp)
+def _monitored(logs, monitor, callback):
+    if monitor not in (logs or {}):
+        raise KeyError(
+            f"{callback} monitors {monitor!r}, which this fit does not log; it logs: "
+            f"{', '.join(logs or {}) or 'nothing'}"
+        )
+    return float(logs[monitor])
 
 
-class ResumableBackup(keras.callbacks.BackupAndRestore):
-    """`BackupAndRestore` whose backup is never half-written.
+class BestCheckpoint(keras.callbacks.Callback):
+    """Saves the whole model, atomically, whenever `val_loss` (or `monitor`) reaches a new low.
 
-    Each epoch's weights go to a new file; only then does `state.json` (written
-    atomically) point at it. A kill at any moment leaves the previous consistent state.
-    The last two epochs are kept, so workers of a multi-worker job that stopped one epoch
-    apart can all resume from the earlier one (`resume_epoch`).
+    Args:
+        filepath: a `.keras` file.
+        monitor: the logged value to minimise.
+        initial_best: the best value before this fit (when resuming); None for none.
     """
 
-    def __init__(self, backup_dir, resume_epoch=None, delete_checkpoint=True):
-        super().__init__(backup_dir, save_freq="epoch", delete_checkpoint=delete_checkpoint)
-        self._training_metadata_path = str(Path(backup_dir) / "state.json")
-        self.resume_epoch = resume_epoch
+    def __init__(self, filepath, monitor="val_loss", initial_best=None):
+        super().__init__()
+        self.filepath = filepath
+        self.monitor = monitor
+        self.initial_best = initial_best
 
-    @staticmethod
-    def saved_epochs(backup_dir):
-        """`{epochs completed: weights file}` of the backup in `backup_dir` ({} if none)."""
-        path = Path(backup_dir) / "state.json"
-        if not path.is_file():
-            return {}
-        return {int(k): v for k, v in json.loads(path.read_text())["epochs"].items()}
+    def on_train_begin(self, logs=None):
+        self.best = math.inf if self.initial_best is None else self.initial_best
 
-    @staticmethod
-    def saved_epoch(backup_dir):
-        """The number of epochs completed by the backup in `backup_dir` (0 if none)."""
-        return max(ResumableBackup.saved_epochs(backup_dir), default=0)
+    def on_epoch_end(self, epoch, logs=None):
+        current = _monitored(logs, self.monitor, "BestCheckpoint")
+        if current < self.best:
+            self.best = current
+            with atomic_path(self.filepath) as tmp:
+                self.model.save(tmp)
 
-    def _load_model(self):
-        saved = self.saved_epochs(self.backup_dir)
-        epoch = max(saved, default=0) if self.resume_epoch is None else self.resume_epoch
-        if epoch == 0:
-            return
-        if epoch not in saved:
-            raise ValueError(
-                f"{self.backup_dir} holds no backup of epoch {epoch} (has {sorted(saved)})"
-            )
-        if self.model.optimizer is not None and not self.model.optimizer.built:
-            self.model.optimizer.build(self.model.trainable_variables)
-        self.model.load_weights(Path(self.backup_dir) / saved[epoch])
-        self.model._initial_epoch = epoch
 
-    def _save_model(self):
-        backup_dir = Path(self.backup_dir)
-        epoch = self._current_epoch
-        weights = f"epoch-{epoch:04d}.weights.h5"
-        with atomic_path(backup_dir / weights) as tmp:
+class EarlyStopping(keras.callbacks.EarlyStopping):
+    """`keras.callbacks.EarlyStopping` that can start from a resumed run's state.
+
+    Args:
+        initial_wait: epochs without improvement before this fit.
+        initial_best: the best monitored value before this fit; None for none.
+        **kwargs: `keras.callbacks.EarlyStopping` arguments.
+    """
+
+    def __init__(self, initial_wait=0, initial_best=None, **kwargs):
+        super().__init__(**kwargs)
+        self.initial_wait = initial_wait
+        self.initial_best = initial_best
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self.wait = self.initial_wait
+        if self.initial_best is not None:
+            self.best = self.initial_best
+
+
+class AnnealLearningRate(keras.callbacks.Callback):
+    """Sets the optimizer's learning rate before every batch, annealing it to zero.
+
+    Progress `p` runs from 0 at the first step to 1 at `total_steps`; the rate is
+    `learning_rate * (1 + cos(pi * p)) / 2` (`"cosine"`) or `learning_rate * (1 - p)`
+    (`"linear"`). A function of the step alone, so a resumed run continues the same curve,
+    and the horizon can be fixed after a measured warm-up (budgeted training).
+    """
+
+    def __init__(self, learning_rate, total_steps, steps_per_epoch, shape="cosine"):
+        super().__init__()
+        self.learning_rate = learning_rate
+        self.total_steps = total_steps
+        self.steps_per_epoch = steps_per_epoch
+        self.shape = shape
+
+    def rate(self, step):
+        progress = min(step / self.total_steps, 1.0)
+        if self.shape == "linear":
+            return self.learning_rate * (1 - progress)
+        return self.learning_rate * (1 + math.cos(math.pi * progress)) / 2
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.model.optimizer.learning_rate = self.rate(self.epoch * self.steps_per_epoch + batch)
+
+
+class RunState(keras.callbacks.Callback):
+    """Backs up, after every epoch, all a resumed `fit(initial_epoch=...)` needs.
+
+    Per epoch: the weights with the optimizer's state (`epoch-NNNN.weights.h5`), the
+    random-number state of the layers (`epoch-NNNN.random.npz`: dropout masks and
+    augmentation continue as if never stopped), and in `state.json` (written last,
+    atomically) whether training stopped and the state of early stopping and of the best
+    checkpoint. The last two epochs are kept, so workers of a multi-worker job that stopped
+    one epoch apart can all resume from the earlier one.
+
+    Put it last in the callback list: an epoch counts as done once every other callback has
+    run for it.
+    """
+
+    def __init__(self, backup_dir, early_stopping=None, checkpoint=None):
+        super().__init__()
+        self.backup_dir = Path(backup_dir)
+        self.early_stopping = early_stopping
+        self.checkpoint = checkpoint
+
+    def on_epoch_end(self, epoch, logs=None):
+        done = epoch + 1
+        entry = {
+            "weights": f"epoch-{done:04d}.weights.h5",
+            "random_state": f"epoch-{done:04d}.random.npz",
+            "stop_training": bool(self.model.stop_training),
+            "best_val_loss": self.checkpoint.best if self.checkpoint else None,
+            "early_stopping": None,
+        }
+        if self.early_stopping is not None:
+            best = self.early_stopping.best
+            entry["early_stopping"] = {
+                "wait": int(self.early_stopping.wait),
+                "best": None if best is None else float(best),
+            }
+        with atomic_path(self.backup_dir / entry["weights"]) as tmp:
             self.model.save_weights(tmp)
-        kept = {e: w for e, w in self.saved_epochs(backup_dir).items() if e == epoch - 1}
-        kept[epoch] = weights
-        write_json(backup_dir / "state.json", {"epochs": kept})
-        for old in backup_dir.glob("epoch-*.weights.h5"):
-            if old.name not in kept.values():
+        with atomic_path(self.backup_dir / entry["random_state"]) as tmp:
+            np.savez(tmp, *[v.numpy() for v in rundir.random_state_variables(self.model)])
+        entries = rundir.read_backup(self.backup_dir)
+        kept = {str(done - 1): entries[done - 1]} if done - 1 in entries else {}
+        kept[str(done)] = entry
+        write_json(self.backup_dir / "state.json", {"epochs": kept})
+        names = {name for e in kept.values() for name in (e["weights"], e["random_state"])}
+        for old in self.backup_dir.glob("epoch-*"):
+            if old.name not in names:
                 old.unlink()

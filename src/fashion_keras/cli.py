@@ -1,7 +1,8 @@
 """The `fashion-keras` command: parses arguments, calls the library, prints the outcome.
 
-A user's mistake is one line on stderr and exit status 2; set FASHION_KERAS_DEBUG=1 to see
-the traceback instead.
+A user's mistake (`fashion_keras.errors.UserError`) is one line on stderr and exit status 2.
+Anything else is unexpected: one line that says so, exit status 1, and the traceback with
+FASHION_KERAS_DEBUG=1.
 """
 
 import argparse
@@ -10,10 +11,15 @@ import os
 import signal
 import sys
 
+from fashion_keras import __version__
+from fashion_keras.errors import UserError
+
 EXAMPLES = """\
 examples:
-  fashion-keras train --config configs/baseline.yaml
-  fashion-keras train --config configs/dropout.yaml --set training.epochs=3 --output runs/try
+  fashion-keras presets
+  fashion-keras train --config baseline
+  fashion-keras train --config improved --set training.time_budget_s=300
+  fashion-keras train --config dropout --set training.epochs=3 --output runs/try
   fashion-keras evaluate runs/try
   fashion-keras report runs/baseline
   fashion-keras compare runs/baseline runs/dropout --output runs/comparison
@@ -25,14 +31,11 @@ examples:
 def _train(args):
     from fashion_keras.config import load_config
 
-    overrides = list(args.set)
-    if args.data_dir:
-        overrides.append(f"data.data_dir={args.data_dir}")
-    config = load_config(args.config, overrides)  # mistakes show before TensorFlow loads
+    config = load_config(args.config, args.set)  # mistakes show before TensorFlow loads
     from fashion_keras.train import TrainingInterrupted, train
 
     try:
-        result = train(config, output=args.output)
+        result = train(config, output=args.output, data_dir=args.data_dir)
     except TrainingInterrupted as e:
         print(f"fashion-keras: {e}", file=sys.stderr)
         return 130
@@ -40,13 +43,20 @@ def _train(args):
 
 
 def _evaluate(args):
-    from fashion_keras.train import evaluate_run
+    from fashion_keras.rundir import evaluate_run
 
     print(
         json.dumps(
             evaluate_run(args.run_dir, data_dir=args.data_dir, checkpoint=args.checkpoint), indent=2
         )
     )
+
+
+def _presets(args):
+    from fashion_keras.config import list_presets
+
+    for name, description in list_presets().items():
+        print(f"{name:<10} {description}")
 
 
 def _data(args):
@@ -63,19 +73,27 @@ def _data(args):
 def _report(args):
     from fashion_keras.report import write_report
 
-    print(write_report(args.run_dir, data_dir=args.data_dir))
+    print(write_report(args.run_dir, data_dir=args.data_dir, mc_samples=args.mc_samples))
 
 
 def _compare(args):
     from fashion_keras.compare import write_comparison
 
-    print(write_comparison(args.run_dirs, args.output))
+    print(write_comparison(args.run_dirs, args.output, mc_samples=args.mc_samples))
+
+
+def _study(args):
+    from fashion_keras import study
+
+    grid = study.QUICK if args.quick else study.DEFAULT
+    study.run_study(args.output, grid, data_dir=args.data_dir)
+    print(study.write_study(args.output, grid, data_dir=args.data_dir, docs=args.docs))
 
 
 def _predict(args):
     from fashion_keras.predict import predict_files
 
-    results = predict_files(args.model, args.inputs, top=args.top)
+    results = predict_files(args.model, args.inputs, top=args.top, mc_samples=args.mc_samples)
     if args.json:
         print(json.dumps(results, indent=2))
     for r in results:
@@ -83,9 +101,15 @@ def _predict(args):
             print(f"fashion-keras: error: {r['file']}: {r['error']}", file=sys.stderr)
         elif not args.json:
             label = r["file"] + (f"[{r['index']}]" if r["file"].endswith(".npy") else "")
-            print(label + ": " + ", ".join(f"{name} {p:.1%}" for name, p in r["top"]))
+            line = label + ": " + ", ".join(f"{name} {p:.1%}" for name, p in r["top"])
+            sure = f"entropy {r['entropy']:.3f}"
+            if "mutual_information" in r:
+                sure += f", mutual information {r['mutual_information']:.3f}"
+            print(f"{line} ({sure})")
     return 1 if any("error" in r for r in results) else 0
 
+
+MC_HELP = "Monte Carlo dropout passes for the uncertainty sections (default 30)"
 
 PREDICT_HELP = """\
 Images are converted to 8-bit grayscale and resized to 28x28 when they are not 28x28
@@ -104,11 +128,15 @@ def build_parser():
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a model and write a run directory")
     p.add_argument(
-        "--config", required=True, metavar="FILE", help="YAML config, e.g. configs/baseline.yaml"
+        "--config",
+        required=True,
+        metavar="PRESET|FILE",
+        help="a preset (see `fashion-keras presets`) or a YAML file, e.g. RUN/config.yaml",
     )
     p.add_argument(
         "--set",
@@ -143,6 +171,7 @@ def build_parser():
         "report", help="write RUN_DIR/report/ (curves, samples, metrics, index.html)"
     )
     p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--mc-samples", type=int, default=30, metavar="N", help=MC_HELP)
     p.add_argument(
         "--data-dir", metavar="DIR", help="directory with the four Fashion-MNIST .gz files"
     )
@@ -152,10 +181,26 @@ def build_parser():
         "compare", help="compare runs: overlaid curves, gap, verdicts, seed statistics"
     )
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--mc-samples", type=int, default=30, metavar="N", help=MC_HELP)
     p.add_argument(
         "--output", default="runs/comparison", metavar="DIR", help="default runs/comparison"
     )
     p.set_defaults(func=_compare)
+
+    p = sub.add_parser(
+        "study",
+        help="the dropout study: dropout strength x data size x seeds, then its page",
+        description="Trains every unfinished run of the grid (a rerun continues a stopped "
+        "study), then writes OUTPUT/index.html. The default grid takes about two hours on "
+        "2 CPU cores.",
+    )
+    p.add_argument("--output", default="runs/study", metavar="DIR", help="default runs/study")
+    p.add_argument("--quick", action="store_true", help="a tiny grid that runs in a minute")
+    p.add_argument("--docs", metavar="DIR", help="also copy summary.json and the figure here")
+    p.add_argument(
+        "--data-dir", metavar="DIR", help="directory with the four Fashion-MNIST .gz files"
+    )
+    p.set_defaults(func=_study)
 
     p = sub.add_parser(
         "predict",
@@ -171,8 +216,19 @@ def build_parser():
     )
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_NPY")
     p.add_argument("--top", type=int, default=3, help="classes to show per image (default 3)")
+    p.add_argument(
+        "--mc-samples",
+        type=int,
+        default=0,
+        metavar="N",
+        help="average N Monte Carlo dropout passes and report their uncertainty (models with "
+        "dropout; default 0: one ordinary prediction)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     p.set_defaults(func=_predict)
+
+    p = sub.add_parser("presets", help="list the presets shipped with the package")
+    p.set_defaults(func=_presets)
 
     p = sub.add_parser("data", help="find (or download) the data and say where it is")
     p.add_argument("--check", action="store_true", help="also verify every file's SHA-256")
@@ -193,12 +249,19 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("fashion-keras: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, OSError) as e:
+    except Exception as e:
         if os.environ.get("FASHION_KERAS_DEBUG"):
             raise
-        message = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"fashion-keras: error: {message}", file=sys.stderr)
-        return 2
+        message = str(e).splitlines()[0] if str(e) else ""
+        if isinstance(e, UserError):
+            print(f"fashion-keras: error: {message}", file=sys.stderr)
+            return 2
+        print(
+            f"fashion-keras: unexpected error: {type(e).__name__}: {message} (rerun with "
+            "FASHION_KERAS_DEBUG=1 to see the traceback)",
+            file=sys.stderr,
+        )
+        return 1
     return status or 0
 
 

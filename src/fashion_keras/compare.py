@@ -1,4 +1,5 @@
-"""Baseline versus dropout: overlaid curves, generalization gap, verdicts, seed statistics."""
+"""Baseline versus dropout: overlaid curves, generalization gap, verdicts, seed statistics,
+and how sure each run's model is, side by side."""
 
 import html
 from pathlib import Path
@@ -7,11 +8,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import yaml
-from matplotlib.ticker import MaxNLocator
 from scipy import stats
 
-from fashion_keras import files
-from fashion_keras.report import _save, _table_html, load_run, write_page
+from fashion_keras import files, plots
+from fashion_keras.errors import UserError
+from fashion_keras.report import _image, _table_html, run_uncertainty, write_page
+from fashion_keras.rundir import load_run, load_run_model, read_json
 
 
 def overfitting_verdict(history):
@@ -57,17 +59,11 @@ def summarize(runs):
 
 
 def _interval(a, b, paired, confidence=0.95):
-    """Mean difference a - b with a t confidence interval (paired, or Welch's)."""
+    """Mean difference a - b with its t confidence interval: paired, or Welch's."""
     a, b = np.asarray(a, float), np.asarray(b, float)
-    if paired:
-        d = a - b
-        mean, se, dof = d.mean(), d.std(ddof=1) / np.sqrt(len(d)), len(d) - 1
-    else:
-        va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-        mean, se = a.mean() - b.mean(), np.sqrt(va + vb)
-        dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    half = stats.t.ppf(0.5 + confidence / 2, dof) * se
-    return mean, mean - half, mean + half
+    result = stats.ttest_rel(a, b) if paired else stats.ttest_ind(a, b, equal_var=False)
+    interval = result.confidence_interval(confidence)
+    return a.mean() - b.mean(), float(interval.low), float(interval.high)
 
 
 def seed_statistics(summary):
@@ -102,71 +98,109 @@ def seed_statistics(summary):
     return per_variant, pd.DataFrame(rows)
 
 
-def plot_overlay(runs, path=None):
-    """Validation and training curves of several runs on shared axes, plus the gap."""
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, run in enumerate(runs):
-        h, name, c = run["history"], run["run_dir"].name, colors[i % len(colors)]
-        axes[0].plot(h["epoch"], h["loss"], ":", color=c, label=f"{name} training")
-        axes[0].plot(h["epoch"], h["val_loss"], "-", color=c, label=f"{name} validation")
-        axes[1].plot(h["epoch"], h["accuracy"], ":", color=c, label=f"{name} training")
-        axes[1].plot(h["epoch"], h["val_accuracy"], "-", color=c, label=f"{name} validation")
-        axes[2].plot(h["epoch"], h["val_loss"] - h["loss"], "-", color=c, label=name)
-        best = h.loc[h["val_loss"].idxmin()]
-        axes[0].plot(best["epoch"], best["val_loss"], "v", color=c, ms=8)
-    titles = (
-        "loss (▼ = minimum validation loss)",
-        "accuracy",
-        "generalization gap: validation − training loss",
+def load_uncertainty(run_dir, mc_samples=30):
+    """A finished run's uncertainty tables (`RUN_DIR/report/uncertainty.json`), computed
+    and saved first when the run has no report yet."""
+    saved = read_json(Path(run_dir) / "report" / "uncertainty.json")
+    if saved is None:
+        model, x_test, y_test = load_run_model(run_dir)
+        run_uncertainty(Path(run_dir), model, x_test, y_test, mc_samples)
+        saved = read_json(Path(run_dir) / "report" / "uncertainty.json")
+    return saved
+
+
+def uncertainty_tables(runs, mc_samples=30):
+    """`(metrics, ood, coverage)` DataFrames of every run, one row per run and method."""
+    metrics, ood, coverage = [], [], []
+    for run in runs:
+        saved = load_uncertainty(run["run_dir"], mc_samples)
+        name = run["run_dir"].name
+        metrics += [{"run": name, **row} for row in saved["metrics"]]
+        ood += [{"run": name, **row} for row in saved["ood"]]
+        coverage += [{**row, "method": f"{name}, {row['method']}"} for row in saved["coverage"]]
+    return (
+        pd.DataFrame(metrics).set_index(["run", "method"]),
+        pd.DataFrame(ood),
+        pd.DataFrame(coverage),
     )
-    for ax, title in zip(axes, titles, strict=True):
-        ax.set_title(title)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    axes[2].axhline(0, color="grey", lw=1)
-    return _save(fig, path)
 
 
-def write_comparison(run_dirs, output):
+def headline(summary, difference):
+    """One paragraph: the mean test accuracy of each variant and what the interval says."""
+    means = summary.groupby("variant")["test_accuracy"].agg(["mean", "count"])
+    parts = [f"{v}: {row['mean']:.4f} ({int(row['count'])} run(s))" for v, row in means.iterrows()]
+    text = "Mean test accuracy — " + "; ".join(parts) + "."
+    if difference is not None:
+        row = difference.set_index("metric").loc["test_accuracy"]
+        low, high = row["ci95_low"], row["ci95_high"]
+        verdict = (
+            "the interval excludes zero: a real difference at this sample size"
+            if low > 0 or high < 0
+            else "the interval includes zero: these runs cannot tell the two apart"
+        )
+        text += (
+            f" {row['difference']}: {row['mean']:+.4f} (95% interval {low:+.4f} to "
+            f"{high:+.4f}); {verdict}."
+        )
+    return f"<p>{html.escape(text)}</p>"
+
+
+def write_comparison(run_dirs, output, mc_samples=30):
     """Writes the comparison of `run_dirs` into `output/` and returns its `index.html`."""
     if len(run_dirs) < 2:
-        raise ValueError(f"compare needs at least two run directories. Received: {len(run_dirs)}")
+        raise UserError(f"compare needs at least two run directories. Received: {len(run_dirs)}")
     runs = [load_run(d) for d in run_dirs]
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    plot_overlay(runs, output / "curves.png")
-    plt.close("all")
     summary = summarize(runs)
     files.write_text(output / "summary.csv", summary.to_csv(index=False))
     per_variant, difference = seed_statistics(summary)
     files.write_text(output / "per_variant.csv", per_variant.to_csv())
-    sections = [
-        ("Curves", '<img src="curves.png" alt="overlaid curves and generalization gap">'),
-        ("Runs", _table_html(summary.drop(columns="verdict").set_index("run"))),
-        (
-            "Verdicts",
-            "<ul>"
-            + "".join(
-                f"<li><b>{html.escape(r.run)}</b>: {html.escape(r.verdict)}</li>"
-                for r in summary.itertuples()
-            )
-            + "</ul>",
-        ),
-        ("Per variant (mean, std, runs)", _table_html(per_variant)),
-    ]
     if difference is not None:
         files.write_text(output / "difference.csv", difference.to_csv(index=False))
-        sections.append(("Difference with 95% confidence interval", _table_html(difference)))
-    else:
-        sections.append(
-            (
-                "Difference",
-                "<p>One run per variant: no confidence interval. "
-                "Train several seeds (<code>make compare</code>) for one.</p>",
-            )
-        )
+    finished = [run for run in runs if run["metrics"]]
+    metrics, ood, coverage = uncertainty_tables(finished, mc_samples)
+    files.write_text(output / "uncertainty.csv", metrics.to_csv())
+    files.write_text(output / "ood.csv", ood.to_csv(index=False))
+
+    plots.plot_overlay(runs, output / "curves.png")
+    plots.plot_accuracy_coverage(coverage, output / "coverage.png")
+    labelled = ood.assign(method=ood["run"] + ", " + ood["method"]).drop(columns="run")
+    plots.plot_ood_auroc(labelled, output / "ood.png")
+    plt.close("all")
+    verdicts = "".join(
+        f"<li><b>{html.escape(r.run)}</b>: {html.escape(r.verdict)}</li>"
+        for r in summary.itertuples()
+    )
+    no_interval = (
+        "<p>No confidence interval: it needs two variants with at least two runs each. "
+        "Train several seeds (<code>make compare</code>) for one.</p>"
+    )
+    ood_table = ood.pivot_table(
+        index=["run", "method"], columns="dataset", values="auroc_entropy", sort=False
+    )
+    sections = [
+        ("Summary", headline(summary, difference)),
+        ("Overfitting", f"<ul>{verdicts}</ul>"),
+        ("Curves", _image("curves.png", "overlaid curves and generalization gap")),
+        ("Runs", _table_html(summary.drop(columns="verdict").set_index("run"))),
+        ("Per variant (mean, std, runs)", _table_html(per_variant)),
+        (
+            "Difference with 95% confidence interval",
+            no_interval if difference is None else _table_html(difference),
+        ),
+        (
+            "How sure each model is",
+            "<p>Deterministic: the softmax of one pass; MC dropout: the mean of "
+            f"{mc_samples} passes with only the Dropout layers active (networks with "
+            "dropout only).</p>"
+            + _table_html(metrics)
+            + _image("coverage.png", "accuracy against coverage, every run"),
+        ),
+        (
+            "Out-of-distribution inputs (AUROC by entropy)",
+            _table_html(ood_table) + _image("ood.png", "out-of-distribution AUROC, every run"),
+        ),
+    ]
     write_page(output / "index.html", "Comparison: " + ", ".join(summary["run"]), sections)
     return output / "index.html"

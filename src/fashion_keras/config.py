@@ -3,10 +3,14 @@
 Section keys are the arguments of the functions they feed: `model` goes to
 `build_model`, `data` to `load_data`, `training` to `model.compile`/`model.fit`.
 Every mistake is a `ConfigError` naming the key, raised before anything is trained.
+
+A config is a YAML file or the name of a preset shipped with the package
+(`list_presets()`: baseline, dropout, fast, improved).
 """
 
 import dataclasses
 import difflib
+import importlib.resources
 import types
 import typing
 from pathlib import Path
@@ -14,15 +18,15 @@ from pathlib import Path
 import yaml
 
 from fashion_keras import models
+from fashion_keras.errors import UserError
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config file or override is wrong; the message names the key."""
 
 
 @dataclasses.dataclass
 class DataConfig:
-    data_dir: str | None = None  # None: search (see fashion_keras.data)
     validation_size: int = 5000  # taken from the start of the official training file
     train_limit: int | None = None  # class-balanced cap on training images
     eval_limit: int | None = None  # likewise for validation and test
@@ -30,10 +34,12 @@ class DataConfig:
 
 @dataclasses.dataclass
 class TrainingConfig:
-    epochs: int = 20
+    epochs: int | None = 20  # null when time_budget_s chooses the number
+    time_budget_s: float | None = None  # train for this many seconds from process start to
+    # test result instead: a short warm-up measures the speed and fixes the epochs
     batch_size: int = 128  # per replica; the global batch is this times the replicas
     learning_rate: float = 1e-3
-    lr_schedule: str = "constant"  # constant | cosine (decays to 0 over all epochs)
+    lr_schedule: str = "constant"  # constant | cosine | linear (the last two anneal to 0)
     early_stopping_patience: int | None = None  # stop after N epochs without a better
     # val_loss, and keep the best epoch's weights (from best.keras); None: run all epochs
     deterministic: bool = False  # TF op determinism: bit-identical reruns on CPU
@@ -71,7 +77,7 @@ class Config:
 
 _UNIONS = (typing.Union, types.UnionType)
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
-LR_SCHEDULES = ("constant", "cosine")
+LR_SCHEDULES = ("constant", "cosine", "linear")
 STRATEGIES = ("auto", "single", "mirrored", "multi_worker")  # see fashion_keras.distribute
 
 
@@ -132,8 +138,24 @@ def _build(cls, values, prefix=""):
 
 def _check_ranges(config):
     t, d = config.training, config.data
+    if (t.epochs is None) == (t.time_budget_s is None):
+        raise ConfigError(
+            "set one of training.epochs and training.time_budget_s, and the other to null. "
+            f"Received: training.epochs={t.epochs!r}, training.time_budget_s={t.time_budget_s!r}"
+        )
+    if t.time_budget_s is not None and config.distribute.strategy == "multi_worker":
+        raise ConfigError(
+            "training.time_budget_s cannot be used with distribute.strategy=multi_worker "
+            "(each worker would measure its own speed); set training.epochs instead"
+        )
     checks = [
-        ("training.epochs", t.epochs, t.epochs >= 1, "at least 1"),
+        ("training.epochs", t.epochs, t.epochs is None or t.epochs >= 1, "at least 1"),
+        (
+            "training.time_budget_s",
+            t.time_budget_s,
+            t.time_budget_s is None or t.time_budget_s >= 10,
+            "at least 10 (seconds from process start to the test result)",
+        ),
         ("training.batch_size", t.batch_size, t.batch_size >= 1, "at least 1"),
         ("training.learning_rate", t.learning_rate, t.learning_rate > 0, "greater than 0"),
         (
@@ -185,7 +207,12 @@ def _check_ranges(config):
 
 def from_dict(values):
     """Builds and validates a `Config` from a plain dict (as read from YAML)."""
-    config = _build(Config, values or {})
+    values = dict(values or {})
+    if isinstance(values.get("data"), dict):
+        # Files written by 0.1 name the data's directory; where the data live is now given
+        # when training (--data-dir), not part of what makes a run.
+        values["data"] = {k: v for k, v in values["data"].items() if k != "data_dir"}
+    config = _build(Config, values)
     config.model.setdefault("variant", "baseline")
     _check_ranges(config)
     return config
@@ -203,11 +230,23 @@ def parse_override(text):
     return key.strip(), value
 
 
+# Alternatives: an override that sets one of these clears the other.
+_ALTERNATIVES = {"training.epochs": "time_budget_s", "training.time_budget_s": "epochs"}
+
+
 def apply_overrides(values, overrides):
-    """Returns a copy of the nested dict `values` with dotted `KEY=VALUE` overrides set."""
+    """Returns a copy of the nested dict `values` with dotted `KEY=VALUE` overrides set.
+
+    Setting `training.epochs` clears `training.time_budget_s` and the other way round, so
+    `--set training.time_budget_s=300` turns any preset into "the best in 5 minutes".
+    """
     values = yaml.safe_load(yaml.safe_dump(values or {}))
     for text in overrides:
         key, value = parse_override(text)
+        if key in _ALTERNATIVES and value is not None:
+            node = values.get("training")
+            if isinstance(node, dict):
+                node[_ALTERNATIVES[key]] = None
         node = values
         *parents, leaf = key.split(".")
         for part in parents:
@@ -219,11 +258,41 @@ def apply_overrides(values, overrides):
     return values
 
 
+PRESETS = importlib.resources.files("fashion_keras") / "presets"
+
+
+def list_presets():
+    """`{name: one-line description}` of the presets shipped with the package."""
+    presets = {}
+    for item in sorted(PRESETS.iterdir(), key=lambda i: i.name):
+        if item.name.endswith(".yaml"):
+            first = item.read_text().splitlines()[0]
+            presets[item.name[: -len(".yaml")]] = first.lstrip("# ").strip()
+    return presets
+
+
+def _read_config_text(path):
+    """The text of a config file, or of the preset named `path`."""
+    name = str(path)
+    if name in list_presets():
+        return (PRESETS / f"{name}.yaml").read_text()
+    try:
+        return Path(path).read_text()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"config file {path} not found; give a YAML file or one of the presets: "
+            f"{', '.join(list_presets())}"
+        ) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {path}: cannot read ({e})") from None
+
+
 def load_config(path=None, overrides=()):
-    """Reads a YAML config, applies `--set` overrides and validates the result.
+    """Reads a YAML config or a preset, applies `--set` overrides and validates the result.
 
     Args:
-        path: a YAML file, or None for the defaults (the tutorial baseline).
+        path: a YAML file, a preset's name (see `list_presets()`), or None for the
+            defaults (the tutorial baseline).
         overrides: strings like `"training.epochs=3"`.
 
     Returns:
@@ -232,16 +301,14 @@ def load_config(path=None, overrides=()):
     Raises:
         ConfigError: missing or unreadable file, YAML syntax error, unknown key (with a
             "did you mean"), wrong type or out-of-range value.
+
+    Example:
+        >>> load_config("improved", ["training.time_budget_s=300"]).training.epochs is None
+        True
     """
     values = {}
     if path is not None:
-        path = Path(path)
-        try:
-            text = path.read_text()
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} not found; see configs/ for examples") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"config file {path}: cannot read ({e})") from None
+        text = _read_config_text(path)
         try:
             values = yaml.safe_load(text) or {}
         except yaml.YAMLError as e:

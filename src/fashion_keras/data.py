@@ -18,12 +18,14 @@ import dataclasses
 import gzip
 import hashlib
 import os
-import tempfile
 import urllib.request
 import zlib
 from pathlib import Path
 
 import numpy as np
+
+from fashion_keras.errors import UserError
+from fashion_keras.files import atomic_path
 
 CLASS_NAMES = (
     "T-shirt/top",
@@ -79,20 +81,21 @@ FILES = {
 }
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """The data files are missing, unreadable or not what they should be."""
 
 
 # --------------------------------------------------------------------------- parsing
 
 
-def read_idx(path, expected=None):
+def read_idx(path, expected=None, name=None):
     """Reads one gzip-compressed IDX file of unsigned bytes into a NumPy array.
 
     Args:
         path: the `.gz` file.
         expected: an `IdxFile` to check the dimensions and SHA-256 against, or None to
             check only that the file is well-formed IDX.
+        name: how errors call the file (default: `path`), e.g. the URL it came from.
 
     Returns:
         A `uint8` array shaped as the file's header says.
@@ -101,53 +104,54 @@ def read_idx(path, expected=None):
         DataError: naming the file and what is wrong with it.
     """
     path = Path(path)
+    label = name or path
     try:
         with gzip.open(path, "rb") as f:
             raw = f.read()
     except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
+        raise DataError(f"{label}: file not found") from None
     except IsADirectoryError:
-        raise DataError(f"{path}: is a directory, expected a .gz file") from None
+        raise DataError(f"{label}: is a directory, expected a .gz file") from None
     except PermissionError:
-        raise DataError(f"{path}: permission denied") from None
+        raise DataError(f"{label}: permission denied") from None
     except gzip.BadGzipFile:
-        raise DataError(f"{path}: not a gzip file") from None
+        raise DataError(f"{label}: not a gzip file") from None
     except (EOFError, zlib.error) as e:
-        raise DataError(f"{path}: truncated or corrupt gzip data ({e})") from None
+        raise DataError(f"{label}: truncated or corrupt gzip data ({e})") from None
     except OSError as e:
-        raise DataError(f"{path}: cannot read: {e.strerror or e}") from None
+        raise DataError(f"{label}: cannot read: {e.strerror or e}") from None
     if len(raw) < 4:
-        raise DataError(f"{path}: empty or too short for an IDX header ({len(raw)} bytes)")
+        raise DataError(f"{label}: empty or too short for an IDX header ({len(raw)} bytes)")
     if raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise DataError(
-            f"{path}: wrong magic number {raw[:4].hex()}, expected 0x0008 (unsigned bytes) "
+            f"{label}: wrong magic number {raw[:4].hex()}, expected 0x0008 (unsigned bytes) "
             "followed by the number of dimensions"
         )
     ndim = raw[3]
     header_size = 4 + 4 * ndim
     if ndim == 0 or len(raw) < header_size:
-        raise DataError(f"{path}: header declares {ndim} dimensions but is cut short")
+        raise DataError(f"{label}: header declares {ndim} dimensions but is cut short")
     dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     if expected is not None and len(dims) != len(expected.dims):
-        raise DataError(f"{path}: has {ndim} dimensions, expected {len(expected.dims)}")
+        raise DataError(f"{label}: has {ndim} dimensions, expected {len(expected.dims)}")
     if expected is not None and dims[1:] != expected.dims[1:]:
-        raise DataError(f"{path}: item shape is {dims[1:]}, expected {expected.dims[1:]}")
+        raise DataError(f"{label}: item shape is {dims[1:]}, expected {expected.dims[1:]}")
     size = int(np.prod(dims))
     payload = len(raw) - header_size
     if payload < size:
         raise DataError(
-            f"{path}: header says {dims[0]} items ({size} bytes) but the file holds only "
+            f"{label}: header says {dims[0]} items ({size} bytes) but the file holds only "
             f"{payload} bytes of data"
         )
     if payload > size:
-        raise DataError(f"{path}: {payload - size} bytes of trailing data after {dims[0]} items")
+        raise DataError(f"{label}: {payload - size} bytes of trailing data after {dims[0]} items")
     if expected is not None:
         if dims[0] != expected.dims[0]:
-            raise DataError(f"{path}: holds {dims[0]} items, expected {expected.dims[0]}")
+            raise DataError(f"{label}: holds {dims[0]} items, expected {expected.dims[0]}")
         digest = hashlib.sha256(raw).hexdigest()
         if digest != expected.sha256:
             raise DataError(
-                f"{path}: checksum mismatch (SHA-256 of the decompressed data is "
+                f"{label}: checksum mismatch (SHA-256 of the decompressed data is "
                 f"{digest[:16]}…, expected {expected.sha256[:16]}…); the file is corrupt or "
                 "not Fashion-MNIST: delete it and run `make data`"
             )
@@ -244,16 +248,11 @@ def download_files(directory, base_url=None):
             continue
         url = base_url.rstrip("/") + "/" + spec.filename
         print(f"Downloading {url}", flush=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{spec.filename}.", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
-                while chunk := resp.read(1 << 20):
-                    out.write(chunk)
-            read_idx(tmp, spec)  # never put a bad download where a good file is expected
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with urllib.request.urlopen(url, timeout=60) as response:
+            payload = response.read()  # at most 26 MB
+        with atomic_path(target) as tmp:
+            Path(tmp).write_bytes(payload)
+            read_idx(tmp, spec, name=url)  # a bad download never replaces a good file
     return directory
 
 
@@ -270,19 +269,10 @@ def _decoded_cache_path(directory):
 
 def _write_npz_atomic(path, **arrays):
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    except OSError:
-        return  # the cache is an optimisation: an unwritable cache is not an error
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except OSError:
-        pass
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        with atomic_path(path) as tmp:
+            np.savez(tmp, **arrays)
+    except UserError:
+        pass  # the cache is an optimisation: an unwritable cache is not an error
 
 
 def read_files(data_dir=None, download=True, cache=True):
@@ -315,13 +305,25 @@ def read_files(data_dir=None, download=True, cache=True):
 
 
 def balanced_subset(labels, limit):
-    """Indices of a class-balanced subset of `limit` examples, in their original order.
+    """Indices of `limit` examples spread as evenly over the classes as they allow.
 
-    Takes the first `limit // 10` examples of each class (one more for the first
-    `limit % 10` classes), so the subset is the same on every call.
+    Every class gets the same share (the first `limit % 10` classes one more); a class with
+    fewer examples than its share gives all it has, and the rest is shared among the
+    others in the same way. Each class contributes its first examples, in their original
+    order, so the subset is the same on every call.
+
+    Raises:
+        UserError: `limit` is larger than `len(labels)`.
     """
-    per_class = [limit // NUM_CLASSES + (c < limit % NUM_CLASSES) for c in range(NUM_CLASSES)]
-    picked = [np.flatnonzero(labels == c)[:n] for c, n in enumerate(per_class)]
+    counts = np.bincount(labels, minlength=NUM_CLASSES)
+    if limit > counts.sum():
+        raise UserError(f"limit={limit} is larger than the {counts.sum()} examples available")
+    level = 0  # the largest share every class can give, or all it has
+    while level < counts.max() and np.minimum(counts, level + 1).sum() <= limit:
+        level += 1
+    take = np.minimum(counts, level)
+    take[np.flatnonzero(counts > level)[: limit - take.sum()]] += 1
+    picked = [np.flatnonzero(labels == c)[:n] for c, n in enumerate(take)]
     return np.sort(np.concatenate(picked))
 
 
@@ -329,12 +331,12 @@ def _check_limit(name, value, available):
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < NUM_CLASSES:
-        raise ValueError(
+        raise UserError(
             f"{name} must be an integer of at least {NUM_CLASSES} (one per class) or None. "
             f"Received: {name}={value!r}"
         )
     if value > available:
-        raise ValueError(
+        raise UserError(
             f"{name}={value} is larger than the {available} examples available; "
             f"use at most {available} or None for all"
         )
@@ -380,9 +382,9 @@ def load_data(
     """
     total = FILES["train_images"].dims[0]
     if isinstance(validation_size, bool) or not isinstance(validation_size, int):
-        raise ValueError(f"validation_size must be an integer. Received: {validation_size!r}")
+        raise UserError(f"validation_size must be an integer. Received: {validation_size!r}")
     if not 1 <= validation_size < total:
-        raise ValueError(
+        raise UserError(
             f"validation_size must be between 1 and {total - 1}. Received: "
             f"validation_size={validation_size}"
         )

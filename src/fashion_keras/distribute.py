@@ -7,14 +7,17 @@ learning rate is used as configured (no automatic scaling).
 import hashlib
 import json
 import os
-import platform
 import tempfile
 from pathlib import Path
 
+import keras
 import tensorflow as tf
 
+from fashion_keras import machine
+from fashion_keras.errors import UserError
 
-class DistributeError(ValueError):
+
+class DistributeError(UserError):
     """The strategy asked for cannot be set up here."""
 
 
@@ -32,18 +35,38 @@ def _split_cpu(cpu_devices):
             ) from None
 
 
-def _patch_keras_multi_worker_reduce():
-    """Works around keras-team/keras#20585: Keras 3's `fit` cannot run under
-    MultiWorkerMirroredStrategy, because it reduces per-replica *scalar* logs with
-    `strategy.reduce("MEAN", v, axis=0)`, which fails. Treating the strategy like a
-    one-worker one for that reduction keeps the logs as the metrics report them; metric
-    variables are still synchronised across workers, and gradients are all-reduced by the
-    optimizer, so training is the same data-parallel computation (tests/test_distribute.py
-    checks that two workers match one device exactly)."""
-    from keras.src.backend.tensorflow import trainer
+def work_around_keras_20585(model):
+    """Lets `model.fit` run under MultiWorkerMirroredStrategy (keras-team/keras#20585).
 
-    if hasattr(trainer, "_collective_all_reduce_multi_worker"):
-        trainer._collective_all_reduce_multi_worker = lambda strategy: False
+    The one place this project touches private Keras names; apply it only to a model
+    trained with `distribute.strategy=multi_worker`. Seen in Keras 3.3 to 3.15 (TensorFlow
+    backend), where `fit` fails in two places under that strategy:
+
+    1. It reduces per-replica *scalar* logs with `strategy.reduce("MEAN", v, axis=0)`.
+       Reducing them as for a one-worker strategy keeps the logs as the metrics report them;
+       metric variables are still synchronised across workers and gradients are all-reduced
+       by the optimizer, so training is the same data-parallel computation.
+    2. Its symbolic build, for a model created in the strategy's scope, reduces a batch of
+       data across workers eagerly and fails. Without a strategy of its own the model builds
+       while tracing, and `fit` still runs in the strategy's scope.
+
+    Raises:
+        DistributeError: this Keras no longer has the names the workaround needs.
+    """
+    try:
+        from keras.src.backend.tensorflow import trainer
+    except ImportError:
+        trainer = None
+    if not hasattr(trainer, "_collective_all_reduce_multi_worker") or not hasattr(
+        model, "_distribute_strategy"
+    ):
+        raise DistributeError(
+            f"distribute.strategy=multi_worker needs a workaround for keras-team/keras#20585 "
+            f"that Keras {keras.__version__} no longer allows (its private names are gone); "
+            "check whether the bug is fixed there, or use Keras 3.15"
+        )
+    trainer._collective_all_reduce_multi_worker = lambda strategy: False
+    model._distribute_strategy = None
 
 
 def make_strategy(strategy="auto", cpu_devices=None):
@@ -63,7 +86,6 @@ def make_strategy(strategy="auto", cpu_devices=None):
                 "distribute.strategy=multi_worker needs TF_CONFIG describing the cluster and "
                 "this worker's task (see README, 'Running on several GPUs or machines')"
             )
-        _patch_keras_multi_worker_reduce()
         options = tf.distribute.experimental.CommunicationOptions(
             implementation=tf.distribute.experimental.CommunicationImplementation.AUTO
         )
@@ -121,25 +143,11 @@ def strategy_name(strategy):
 
 
 def describe_device():
-    """ "N GPU: names" or "CPU: model name", for logs and metrics.json."""
+    """ "N GPU: names" or "CPU: model (ISA flags), N cores", for logs and metrics.json."""
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
         names = [
             tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus
         ]
         return f"{len(gpus)} GPU: {', '.join(names)}"
-    name = cpu_info("model name") or platform.processor() or platform.machine()
-    return f"CPU: {name}"
-
-
-def cpu_info(field):
-    """The first `field` value of /proc/cpuinfo (e.g. "model name", "flags"), or ""."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == field:
-                    return value.strip()
-    except OSError:
-        pass
-    return ""
+    return f"CPU: {machine.describe_cpu()}"

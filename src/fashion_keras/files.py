@@ -3,35 +3,40 @@
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+from fashion_keras.errors import UserError
+
+
+class WriteError(UserError):
+    """A file could not be written (a full disk, a read-only directory)."""
 
 
 @contextlib.contextmanager
 def atomic_path(path):
     """Yields a temporary path beside `path`; renames it to `path` if the block succeeds.
 
-    The temporary name keeps `path`'s suffix (Keras insists on `.keras`/`.weights.h5`).
-    On any error, or if the process dies, `path` keeps its previous content.
+    The temporary name keeps `path`'s suffix (Keras insists on `.keras`/`.weights.h5`) and
+    is created by whoever writes it, so the file gets the user's usual permissions. On any
+    error, or if the process dies, `path` keeps its previous content.
+
+    Raises:
+        WriteError: the file could not be written; the message names it.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes)
     stem = path.name[: len(path.name) - len(suffix)]
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{stem}.", suffix=f".part{suffix}")
-    os.close(fd)
+    tmp = path.parent / f".{stem}.{secrets.token_hex(4)}.part{suffix}"
     try:
-        yield tmp
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; give it normal permissions
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield str(tmp)
         os.replace(tmp, path)
-    except OSError as e:  # e.g. a full disk: say which file could not be written
-        raise OSError(e.errno, f"{e.strerror or e} while writing {path}") from e
+    except OSError as e:
+        raise WriteError(f"{e.strerror or e} while writing {path}") from e
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        if os.path.lexists(tmp):
+            tmp.unlink()
 
 
 def write_text(path, text):
@@ -54,10 +59,10 @@ def save_model(model, path):
 
 
 def check_writable(directory):
-    """Creates `directory` and proves a file can be written there, or raises OSError."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-") as f:
-        f.write(b"x" * 4096)
-        f.flush()
-        os.fsync(f.fileno())
+    """Creates `directory` and proves a file can be written there.
+
+    Raises:
+        WriteError: naming the directory and the reason.
+    """
+    write_text(Path(directory) / ".write-test", "x" * 4096)
+    (Path(directory) / ".write-test").unlink()

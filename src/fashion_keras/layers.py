@@ -16,6 +16,19 @@ import keras
 import tensorflow as tf
 
 
+def _fusable(layer, inputs, mask):
+    """Whether TensorFlow's fused kernel computes what `layer` would."""
+    return (
+        keras.backend.backend() == "tensorflow"
+        and len(inputs.shape) == 4
+        and layer.axis % 4 == 3
+        and mask is None
+        and layer.scale
+        and layer.center
+        and not getattr(layer, "renorm", False)  # Keras 3.14 added batch renormalization
+    )
+
+
 @keras.saving.register_keras_serializable(package="fashion_keras")
 class FusedBatchNormalization(keras.layers.BatchNormalization):
     """`keras.layers.BatchNormalization` computed by TensorFlow's fused kernel.
@@ -28,19 +41,8 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         >>> x = FusedBatchNormalization()(x)
     """
 
-    def _fusable(self, inputs, mask):
-        return (
-            keras.backend.backend() == "tensorflow"
-            and len(inputs.shape) == 4
-            and self.axis % 4 == 3
-            and mask is None
-            and self.scale
-            and self.center
-            and not self.renorm
-        )
-
     def call(self, inputs, training=None, mask=None):
-        if not self._fusable(inputs, mask):
+        if not _fusable(self, inputs, mask):
             return super().call(inputs, training=training, mask=mask)
         fit = bool(training and self.trainable)
         empty = tf.constant([], dtype="float32")

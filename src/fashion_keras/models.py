@@ -1,14 +1,31 @@
 """The tutorial's CNN as one generic builder, and a registry of named variants over it.
 
-A variant is a dict of `build_cnn` arguments registered under a name; `build_model(name)`
-builds it, with any argument overridable. Add a variant with `register_model` plus a config
-file in `configs/`.
+The tutorial's network, as one would write it in Keras (`tutorial_model()`):
+
+    keras.Sequential([
+        keras.Input(shape=(28, 28, 1)),
+        layers.Conv2D(32, 3, padding="same", activation="relu"),
+        layers.MaxPooling2D(2, padding="same"),  # 28x28 -> 14x14
+        layers.Conv2D(64, 3, padding="same", activation="relu"),
+        layers.MaxPooling2D(2, padding="same"),  # -> 7x7
+        layers.Conv2D(128, 3, padding="same", activation="relu"),
+        layers.MaxPooling2D(2, padding="same"),  # -> 4x4
+        layers.Flatten(),
+        layers.Dense(128, activation="relu"),
+        layers.Dense(10),  # logits
+    ])
+
+`build_cnn` is that network with its numbers as arguments. A variant is a dict of
+`build_cnn` arguments registered under a name; `build_model("baseline")` is the network
+above, layer for layer, and `build_model("dropout")` adds a Dropout layer after each
+pooling layer and after the dense layer. Add a variant with `register_model`.
 """
 
 import difflib
 import inspect
 
 from fashion_keras.data import IMAGE_SHAPE, NUM_CLASSES
+from fashion_keras.errors import UserError
 
 _MODELS = {}
 
@@ -21,7 +38,7 @@ def register_model(variant, /, **defaults):
     """
     unknown = set(defaults) - set(CNN_ARGS)
     if unknown:
-        raise ValueError(
+        raise UserError(
             f"register_model({variant!r}): unknown build_cnn arguments {sorted(unknown)}"
         )
     _MODELS[variant] = defaults
@@ -38,17 +55,15 @@ def model_args(variant, **overrides):
     Validates without building anything, so configs can be checked before TensorFlow starts.
 
     Raises:
-        ValueError: unknown variant, unknown argument or a value outside its range.
+        UserError: unknown variant, unknown argument or a value outside its range.
     """
     if variant not in _MODELS:
-        raise ValueError(
-            f"Unknown model variant {variant!r}. Available: {', '.join(list_models())}"
-        )
+        raise UserError(f"Unknown model variant {variant!r}. Available: {', '.join(list_models())}")
     for key in overrides:
         if key not in CNN_ARGS:
             close = difflib.get_close_matches(key, CNN_ARGS, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"Unknown model argument {key!r}{hint} Allowed: {', '.join(CNN_ARGS)}")
+            raise UserError(f"Unknown model argument {key!r}{hint} Allowed: {', '.join(CNN_ARGS)}")
     args = {**CNN_ARGS, **_MODELS[variant], **overrides}
     _validate(**args)
     return args
@@ -74,6 +89,36 @@ def build_model(variant="baseline", **overrides):
     return build_cnn(**model_args(variant, **overrides))
 
 
+def tutorial_model():
+    """The tutorial's network written out as a `keras.Sequential`, one layer a line.
+
+    The same network as `build_model("baseline")` (a test compares them layer for layer),
+    for reading and for comparing against the generic builder. Outputs logits.
+
+    Example:
+        >>> tutorial_model().count_params()
+        356234
+    """
+    import keras
+    from keras import layers
+
+    return keras.Sequential(
+        [
+            keras.Input(shape=IMAGE_SHAPE),
+            layers.Conv2D(32, 3, padding="same", activation="relu"),
+            layers.MaxPooling2D(2, padding="same"),
+            layers.Conv2D(64, 3, padding="same", activation="relu"),
+            layers.MaxPooling2D(2, padding="same"),
+            layers.Conv2D(128, 3, padding="same", activation="relu"),
+            layers.MaxPooling2D(2, padding="same"),
+            layers.Flatten(),
+            layers.Dense(128, activation="relu"),
+            layers.Dense(NUM_CLASSES),
+        ],
+        name="tutorial",
+    )
+
+
 FLIP_MODES = (None, "horizontal", "vertical", "horizontal_and_vertical")
 DOWNSAMPLE_MODES = ("max_pool", "strides")
 
@@ -94,7 +139,7 @@ def _check_positive_ints(name, value, allow_empty=False):
         isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in items
     )
     if not ok:
-        raise ValueError(f"{name} must be positive integers. Received: {name}={value!r}")
+        raise UserError(f"{name} must be positive integers. Received: {name}={value!r}")
 
 
 def _validate(
@@ -115,56 +160,54 @@ def _validate(
 ):
     _check_positive_ints("input_shape", input_shape)
     if len(input_shape) != 3:
-        raise ValueError(
-            f"input_shape must be (height, width, channels). Received: {input_shape!r}"
-        )
+        raise UserError(f"input_shape must be (height, width, channels). Received: {input_shape!r}")
     _check_positive_ints("num_classes", num_classes)
     _check_positive_ints("filters", filters)
     _check_positive_ints("kernel_size", kernel_size)
     _check_positive_ints("convs_per_block", convs_per_block)
     if isinstance(convs_per_block, (list, tuple)) and len(convs_per_block) != len(filters):
-        raise ValueError(
+        raise UserError(
             f"convs_per_block must be one integer or one per conv block ({len(filters)}). "
             f"Received: convs_per_block={convs_per_block!r}"
         )
     if downsample not in DOWNSAMPLE_MODES:
-        raise ValueError(
+        raise UserError(
             f"downsample must be one of {DOWNSAMPLE_MODES}. Received: downsample={downsample!r}"
         )
     _check_positive_ints("units", units, allow_empty=True)
     if dropout_rates is not None:
         expected = len(filters) + len(_as_tuple(units))
         if not isinstance(dropout_rates, (list, tuple)) or len(dropout_rates) != expected:
-            raise ValueError(
+            raise UserError(
                 f"dropout_rates must be None or {expected} rates: one after each of the "
                 f"{len(filters)} conv blocks and one after each dense layer. "
                 f"Received: dropout_rates={dropout_rates!r}"
             )
         for rate in dropout_rates:
             if not _is_number(rate) or not 0 <= rate < 1:
-                raise ValueError(
+                raise UserError(
                     f"Each dropout rate must be a number in [0, 1). "
                     f"Received: dropout_rates={dropout_rates!r}"
                 )
     if not _is_number(random_translation) or not 0 <= random_translation < 1:
-        raise ValueError(
+        raise UserError(
             "random_translation must be a fraction of the image size in [0, 1). "
             f"Received: random_translation={random_translation!r}"
         )
     if not _is_number(random_erasing) or not 0 <= random_erasing <= 1:
-        raise ValueError(
+        raise UserError(
             "random_erasing must be a probability in [0, 1]. "
             f"Received: random_erasing={random_erasing!r}"
         )
     if random_flip not in FLIP_MODES:
-        raise ValueError(
+        raise UserError(
             f"random_flip must be one of {FLIP_MODES}. Received: random_flip={random_flip!r}"
         )
     for flag, value in (("batch_norm", batch_norm), ("test_time_flip", test_time_flip)):
         if not isinstance(value, bool):
-            raise ValueError(f"{flag} must be true or false. Received: {flag}={value!r}")
+            raise UserError(f"{flag} must be true or false. Received: {flag}={value!r}")
     if not isinstance(name, str) or not name:
-        raise ValueError(f"name must be a non-empty string. Received: name={name!r}")
+        raise UserError(f"name must be a non-empty string. Received: name={name!r}")
 
 
 def build_cnn(
@@ -262,7 +305,7 @@ def build_cnn(
         x = AddMirrors(dtype="float32", name="add_mirrors")(x)
     for i, (block_filters, convs) in enumerate(zip(filters, convs_per_block, strict=True), start=1):
         for j in range(1, convs + 1):
-            # The tutorial's single-conv names stay as they were: block1_conv, block1_relu.
+            # The tutorial's single-conv names stay as they were: block1_conv, block1_pool.
             tag = f"block{i}" if convs == 1 else f"block{i}_{j}"
             strided = downsample == "strides" and j == convs
             x = layers.Conv2D(
@@ -270,12 +313,13 @@ def build_cnn(
                 kernel_size,
                 strides=2 if strided else 1,
                 padding="same",
+                activation=None if batch_norm else "relu",
                 use_bias=not batch_norm,
                 name=f"{tag}_conv",
             )(x)
-            if batch_norm:
+            if batch_norm:  # conv, then batch norm, then ReLU
                 x = FusedBatchNormalization(name=f"{tag}_bn")(x)
-            x = layers.Activation("relu", name=f"{tag}_relu")(x)
+                x = layers.Activation("relu", name=f"{tag}_relu")(x)
         if downsample == "max_pool":
             x = layers.MaxPooling2D(2, padding="same", name=f"block{i}_pool")(x)
         if rate := rates.pop(0):

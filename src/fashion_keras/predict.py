@@ -13,12 +13,13 @@ from pathlib import Path
 import numpy as np
 
 from fashion_keras.data import CLASS_NAMES
+from fashion_keras.errors import UserError
 
 MAX_PIXELS = 4096 * 4096  # larger images are refused rather than decoded
 MAX_BATCH = 1_000_000
 
 
-class InputError(ValueError):
+class InputError(UserError):
     """One input file cannot be predicted; the message says why."""
 
 
@@ -96,27 +97,42 @@ def top_classes(probabilities, top=3):
     return [(CLASS_NAMES[i], float(probabilities[i])) for i in order]
 
 
-def predict_files(model, paths, top=3):
+def predict_files(model, paths, top=3, mc_samples=0, seed=0):
     """Predicts every image in `paths`; a bad file becomes an error entry, not an exception.
 
     Args:
         model: a Keras model (logits out) or the path of a `.keras` file, loaded in safe mode.
         paths: image or `.npy` files.
         top: how many classes to list per image.
+        mc_samples: 0 for one ordinary prediction, or the number of Monte Carlo dropout
+            passes (see `fashion_keras.uncertainty.mc_predict`; needs a model with dropout).
+        seed: the seed of the Monte Carlo dropout masks.
 
     Returns:
-        A list with, per image, `{"file", "index", "top": [(class, probability), ...]}`, and
-        per unreadable file `{"file", "error"}`.
+        A list with, per image, `{"file", "index", "top": [(class, probability), ...],
+        "entropy"}` (plus `"mutual_information"` with Monte Carlo dropout), and per
+        unreadable file `{"file", "error"}`.
+
+    Example:
+        >>> predict_files("runs/dropout/model.keras", ["shirt.png"], mc_samples=30)
     """
+    if isinstance(top, bool) or not isinstance(top, int) or not 1 <= top <= len(CLASS_NAMES):
+        raise UserError(
+            f"top must be between 1 and {len(CLASS_NAMES)} (classes listed per image). "
+            f"Received: top={top!r}"
+        )
     import keras
 
     import fashion_keras.layers  # noqa: F401  (registers the project's layers for load_model)
+    from fashion_keras import uncertainty
 
     if not isinstance(model, keras.Model):
         model_path = Path(model)
         if not model_path.is_file() or model_path.suffix != ".keras":
-            raise ValueError(f"--model {model_path}: expected an existing .keras file")
+            raise UserError(f"--model {model_path}: expected an existing .keras file")
         model = keras.saving.load_model(model_path, safe_mode=True)
+    if mc_samples:
+        uncertainty.mc_dropout_model(model)  # a model without dropout fails here, at once
     results = []
     for path in paths:
         try:
@@ -124,8 +140,14 @@ def predict_files(model, paths, top=3):
         except InputError as e:
             results.append({"file": str(path), "error": str(e)})
             continue
-        logits = model.predict(images, batch_size=512, verbose=0)
-        probabilities = np.asarray(keras.ops.softmax(logits, axis=-1))
-        for i, p in enumerate(probabilities):
-            results.append({"file": str(path), "index": i, "top": top_classes(p, top)})
+        if mc_samples:
+            predicted = uncertainty.mc_predict(model, images, mc_samples, seed, verbose=0)
+        else:
+            predicted = uncertainty.deterministic_predict(model, images)
+        for i, p in enumerate(predicted.probabilities):
+            result = {"file": str(path), "index": i, "top": top_classes(p, top)}
+            result["entropy"] = float(predicted.entropy[i])
+            if mc_samples:
+                result["mutual_information"] = float(predicted.mutual_information[i])
+            results.append(result)
     return results

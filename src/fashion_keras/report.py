@@ -1,98 +1,23 @@
-"""What a run learned, shown: curves, sample grids, per-class metrics, calibration.
+"""What a run learned, as one page: `write_report(run_dir)` writes `RUN_DIR/report/index.html`.
 
-Plot functions return a matplotlib `Figure` and save it only when given a path, so a
-notebook can show them inline. `write_report(run_dir)` puts all of it, with an
-`index.html` that opens from disk, into `RUN_DIR/report/`.
+The page opens with what a reader came for (test accuracy and loss, the epoch tested, how
+long it took and on what), then the curves and sample images, the per-class tables, how
+sure the model is (calibration, Monte Carlo dropout, out-of-distribution inputs), and the
+full config and metrics at the end. The figures come from `fashion_keras.plots`.
 """
 
 import html
 import json
-from pathlib import Path
 
-import keras
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from matplotlib.ticker import MaxNLocator
-from sklearn.metrics import ConfusionMatrixDisplay, classification_report, confusion_matrix
+from sklearn.metrics import classification_report, confusion_matrix
 
-from fashion_keras import files
-from fashion_keras.callbacks import read_history
+from fashion_keras import files, plots, uncertainty
 from fashion_keras.data import CLASS_NAMES
-from fashion_keras.train import load_run_model
-
-
-def load_run(run_dir):
-    """A run directory's `config.yaml` (as text), `metrics.json` and `history.csv`."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "history.csv").is_file():
-        raise ValueError(f"{run_dir} is not a run directory (no history.csv)")
-    metrics_path = run_dir / "metrics.json"
-    return {
-        "run_dir": run_dir,
-        "config": (run_dir / "config.yaml").read_text(),
-        "metrics": json.loads(metrics_path.read_text()) if metrics_path.is_file() else {},
-        "history": pd.DataFrame(read_history(run_dir / "history.csv")),
-    }
-
-
-def _save(fig, path):
-    if path is not None:
-        with files.atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=110, bbox_inches="tight", format=Path(path).suffix[1:])
-    return fig
-
-
-def plot_curves(history, metrics=None, path=None, title=None):
-    """Loss and accuracy per epoch, training vs validation, best validation epoch marked.
-
-    Args:
-        history: DataFrame with `epoch`, `loss`, `val_loss`, `accuracy`, `val_accuracy`.
-        metrics: optional `metrics.json` dict; its test loss/accuracy (of the final model)
-            are drawn as a marker at the last epoch.
-        path: save the figure there too.
-    """
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    best = history.loc[history["val_loss"].idxmin(), "epoch"]
-    for ax, key in zip(axes, ("loss", "accuracy"), strict=True):
-        ax.plot(history["epoch"], history[key], "o-", ms=3, label=f"training {key}")
-        ax.plot(history["epoch"], history[f"val_{key}"], "o-", ms=3, label=f"validation {key}")
-        if metrics and f"test_{key}" in metrics:
-            ax.plot(
-                history["epoch"].iloc[-1],
-                metrics[f"test_{key}"],
-                "k*",
-                ms=12,
-                label=f"test {key} (final model)",
-            )
-        ax.axvline(best, color="grey", ls="--", lw=1, label=f"best validation loss (epoch {best})")
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel(key)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(title or "Training and validation per epoch")
-    return _save(fig, path)
-
-
-def plot_samples(images, y_true, y_pred, confidence, path=None, title=None, columns=6):
-    """A grid of images titled "true / predicted (confidence)"."""
-    n = len(images)
-    rows = max(1, -(-n // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.9, rows * 2.2))
-    for i, ax in enumerate(np.atleast_1d(axes).ravel()):
-        ax.axis("off")
-        if i >= n:
-            continue
-        ax.imshow(images[i].squeeze(), cmap="gray", vmin=0, vmax=1)
-        ok = y_true[i] == y_pred[i]
-        ax.set_title(
-            f"true: {CLASS_NAMES[y_true[i]]}\npred: {CLASS_NAMES[y_pred[i]]} ({confidence[i]:.0%})",
-            fontsize=7,
-            color="darkgreen" if ok else "darkred",
-        )
-    fig.suptitle(title or "Test images")
-    return _save(fig, path)
+from fashion_keras.metrics import expected_calibration_error
+from fashion_keras.rundir import RunError, load_run, load_run_model
 
 
 def classification_table(y_true, y_pred):
@@ -105,7 +30,9 @@ def classification_table(y_true, y_pred):
         output_dict=True,
         zero_division=0,
     )
-    return pd.DataFrame(report).T.rename(index={"accuracy": "accuracy (all)"})
+    table = pd.DataFrame(report).T.rename(index={"accuracy": "accuracy (all)"})
+    table.loc["accuracy (all)", "support"] = table.loc["macro avg", "support"]
+    return table.astype({"support": int})
 
 
 def per_class_accuracy(y_true, y_pred):
@@ -114,82 +41,95 @@ def per_class_accuracy(y_true, y_pred):
     return pd.Series(cm.diagonal() / cm.sum(axis=1).clip(min=1), index=CLASS_NAMES, name="accuracy")
 
 
-def plot_confusion_matrix(y_true, y_pred, path=None):
-    fig, ax = plt.subplots(figsize=(8, 7))
-    ConfusionMatrixDisplay.from_predictions(
-        y_true,
-        y_pred,
-        labels=range(len(CLASS_NAMES)),
-        display_labels=CLASS_NAMES,
-        xticks_rotation=45,
-        cmap="Blues",
-        colorbar=False,
-        ax=ax,
-    )
-    ax.set_title("Confusion matrix (test set)")
-    return _save(fig, path)
-
-
-def calibration_bins(probabilities, y_true, bins=15):
-    """Per-bin confidence, accuracy and count of the top prediction, as a DataFrame."""
-    confidence = probabilities.max(axis=1)
-    correct = probabilities.argmax(axis=1) == y_true
-    edges = np.linspace(0, 1, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
-    rows = []
-    for b in range(bins):
-        mask = which == b
-        rows.append(
-            {
-                "low": edges[b],
-                "high": edges[b + 1],
-                "count": int(mask.sum()),
-                "confidence": float(confidence[mask].mean()) if mask.any() else np.nan,
-                "accuracy": float(correct[mask].mean()) if mask.any() else np.nan,
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-def expected_calibration_error(probabilities, y_true, bins=15):
-    """ECE: the count-weighted mean gap between confidence and accuracy over bins."""
-    table = calibration_bins(probabilities, y_true, bins).dropna()
-    gaps = (table["confidence"] - table["accuracy"]).abs()
-    return float((gaps * table["count"]).sum() / table["count"].sum())
-
-
-def plot_reliability(probabilities, y_true, bins=15, path=None):
-    """Reliability diagram: accuracy against confidence per bin, with the diagonal."""
-    table = calibration_bins(probabilities, y_true, bins)
-    ece = expected_calibration_error(probabilities, y_true, bins)
-    fig, ax = plt.subplots(figsize=(5, 5))
-    width = 1 / bins
-    ax.bar(
-        table["low"],
-        table["accuracy"].fillna(0),
-        width=width,
-        align="edge",
-        edgecolor="black",
-        alpha=0.7,
-        label="accuracy",
-    )
-    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
-    ax.set_xlabel("confidence of the top class")
-    ax.set_ylabel("accuracy")
-    ax.set_title(f"Reliability (ECE {ece:.3f})")
-    ax.legend(loc="upper left")
-    return _save(fig, path)
-
-
 def predict_test_set(run_dir, data_dir=None, checkpoint="model.keras"):
     """The run's model on its test set: `(x_test, y_true, probabilities)`."""
     model, x_test, y_test = load_run_model(run_dir, data_dir, checkpoint)
-    logits = model.predict(x_test, batch_size=512, verbose=0)
-    return x_test, y_test, np.asarray(keras.ops.softmax(logits, axis=-1))
+    probabilities = uncertainty.deterministic_predict(model, x_test).probabilities
+    return x_test, y_test, probabilities
+
+
+def duration(seconds):
+    """`"25 min 49 s"`, `"41.3 s"`, or `"?"` for None."""
+    if seconds is None:
+        return "?"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, seconds = divmod(round(seconds), 60)
+    return f"{minutes} min {seconds} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
+
+
+def run_summary(metrics):
+    """The few facts a reader of a run report wants first, as `(what, value)` rows."""
+    m = metrics
+    last = m["epochs"]
+    evaluated = m.get("evaluated_epoch", last)  # runs of 0.1 tested the last epoch's weights
+    tested = "the last" if evaluated == last else "the lowest validation loss"
+    rows = [
+        ("Test accuracy", f"{m['test_accuracy']:.4f}"),
+        ("Test loss", f"{m['test_loss']:.4f}"),
+        ("Weights tested", f"epoch {evaluated} of {last} ({tested})"),
+        ("Lowest validation loss", f"{m['best_val_loss']:.4f} at epoch {m['best_epoch']}"),
+        (
+            "Training",
+            f"{duration(m['fit_time_s'])} ({last} epochs, {m['seconds_per_epoch']:.1f} s each, "
+            f"{m['train_images_per_s']:,.0f} images/s)",
+        ),
+        ("From start to test result", duration(m.get("process_wall_time_s"))),
+        ("Machine", f"{m['device']}; {m['precision']}; {m['strategy']}"),
+        (
+            "Images",
+            f"{m['train_size']:,} training, {m['val_size']:,} validation, {m['test_size']:,} test",
+        ),  # fmt: skip
+    ]
+    if m.get("plan"):
+        plan = m["plan"]
+        rows.append(
+            (
+                "Time budget",
+                f"{duration(plan['time_budget_s'])}: {plan['epochs']} epochs planned at "
+                f"{plan['seconds_per_epoch']:.1f} s each",
+            )
+        )
+    if m.get("resumed_from_epoch"):
+        rows.append(("Resumed", f"after epoch {m['resumed_from_epoch']}"))
+    return pd.DataFrame(rows, columns=["", "value"]).set_index("")
+
+
+def run_uncertainty(run_dir, model, x_test, y_test, mc_samples=30, verbose="auto"):
+    """The run's `uncertainty.uncertainty_summary`, its tables also saved as
+    `RUN_DIR/report/uncertainty.json` for comparisons to reuse."""
+    summary = uncertainty.uncertainty_summary(
+        model, x_test, y_test, samples=mc_samples, seed=0, limit_ood=1000, verbose=verbose
+    )
+    files.write_json(
+        run_dir / "report" / "uncertainty.json",
+        {
+            "samples": summary["samples"],
+            "metrics": summary["metrics"].reset_index().to_dict("records"),
+            "ood": summary["ood"].to_dict("records"),
+            "coverage": summary["coverage"].to_dict("records"),
+        },
+    )
+    return summary
 
 
 def _table_html(frame, float_format="{:.4f}".format):
-    return frame.to_html(float_format=float_format, border=0, classes="table")
+    return frame.to_html(float_format=float_format, border=0, classes="table", na_rep="–")
+
+
+def _image(name, alt):
+    return f'<img src="{name}" alt="{html.escape(alt)}">'
+
+
+def _plain_value(value):
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 1000 else f"{value:,.0f}"
+    return json.dumps(value) if isinstance(value, dict | list) else str(value)
+
+
+def metrics_table(metrics):
+    """Every field of a `metrics.json`, rounded for reading, as a one-column DataFrame."""
+    return pd.Series({k: _plain_value(v) for k, v in metrics.items()}, name="value").to_frame()
 
 
 PAGE = """<!doctype html>
@@ -222,79 +162,102 @@ def write_page(path, title, sections):
     files.write_text(path, PAGE.format(title=html.escape(title), body=body))
 
 
-def write_report(run_dir, data_dir=None, samples=18):
-    """Writes the full report of a finished run into `RUN_DIR/report/`.
+def uncertainty_sections(summary):
+    """The page sections on how sure the model is (the figures must be in the same folder)."""
+    note = (
+        f"Monte Carlo dropout: the mean of {summary['samples']} passes with only the "
+        "Dropout layers active."
+        if summary["samples"]
+        else "This network has no dropout: its uncertainty is the entropy of one softmax."
+    )
+    return [
+        (
+            "How sure the model is",
+            f"<p>{note} Lower is better for NLL, Brier score and ECE; an AUROC of 1 means "
+            "every wrong prediction was less certain than every right one.</p>"
+            + _table_html(summary["metrics"])
+            + _image("reliability.png", "reliability diagram")
+            + _image("entropy.png", "entropy of right and wrong predictions")
+            + _image("coverage.png", "accuracy against coverage"),
+        ),
+        (
+            "Out-of-distribution inputs",
+            "<p>AUROC of telling each set from the test images by uncertainty (0.5: not at "
+            "all).</p>"
+            + _table_html(summary["ood"].set_index(["method", "dataset"]))
+            + _image("ood.png", "out-of-distribution AUROC"),
+        ),
+    ]
+
+
+def write_report(run_dir, data_dir=None, samples=18, mc_samples=30):
+    """Writes the report of a finished run into `RUN_DIR/report/`.
+
+    Args:
+        run_dir: a finished run directory.
+        data_dir: where the data are (default: searched).
+        samples: images in each of the correct / incorrect sample grids.
+        mc_samples: Monte Carlo dropout passes (for networks with dropout).
 
     Returns:
         The path of `index.html`.
     """
     run = load_run(run_dir)
     run_dir, history, metrics = run["run_dir"], run["history"], run["metrics"]
-    x, y_true, probs = predict_test_set(run_dir, data_dir)  # fails first on an unfinished run
+    if not metrics:
+        raise RunError(f"{run_dir} is not finished (no metrics.json); train it to the end first")
+    model, x, y_true = load_run_model(run_dir, data_dir)
     out = run_dir / "report"
     out.mkdir(exist_ok=True)
+    probs = uncertainty.deterministic_predict(model, x).probabilities
     y_pred, confidence = probs.argmax(axis=1), probs.max(axis=1)
     right, wrong = np.flatnonzero(y_pred == y_true), np.flatnonzero(y_pred != y_true)
+    summary = run_uncertainty(run_dir, model, x, y_true, mc_samples)
 
-    plot_curves(history, metrics, out / "curves.png", title=f"{run_dir.name}: per-epoch curves")
+    plots.plot_curves(history, metrics, out / "curves.png", title=f"{run_dir.name}: per epoch")
     for name, idx in (("correct", right[:samples]), ("incorrect", wrong[:samples])):
-        plot_samples(
-            x[idx],
-            y_true[idx],
-            y_pred[idx],
-            confidence[idx],
-            out / f"{name}.png",
-            title=f"{name.capitalize()}ly classified test images (first {len(idx)})",
-        )
-    plot_confusion_matrix(y_true, y_pred, out / "confusion_matrix.png")
-    plot_reliability(probs, y_true, path=out / "reliability.png")
+        title = f"{name.capitalize()}ly classified test images (first {len(idx)})"
+        plots.plot_samples(x[idx], y_true[idx], y_pred[idx], confidence[idx], out / f"{name}.png",
+                           title=title)  # fmt: skip
+    plots.plot_confusion_matrix(y_true, y_pred, out / "confusion_matrix.png")
+    plots.plot_reliability(probs, y_true, path=out / "reliability.png")
+    plots.plot_entropy_histograms(summary["entropy"], out / "entropy.png")
+    plots.plot_accuracy_coverage(summary["coverage"], out / "coverage.png")
+    plots.plot_ood_auroc(summary["ood"], out / "ood.png")
     plt.close("all")
 
     table = classification_table(y_true, y_pred)
-    files.write_text(
-        out / "classification_report.txt",
-        classification_report(
-            y_true,
-            y_pred,
-            labels=range(len(CLASS_NAMES)),
-            target_names=CLASS_NAMES,
-            digits=4,
-            zero_division=0,
-        ),
-    )
     files.write_text(out / "classification_report.csv", table.to_csv())
+    text = classification_report(
+        y_true, y_pred, labels=range(len(CLASS_NAMES)), target_names=CLASS_NAMES, digits=4
+    )
+    files.write_text(out / "classification_report.txt", text)
     per_class = per_class_accuracy(y_true, y_pred)
     files.write_text(out / "per_class_accuracy.csv", per_class.to_csv())
-    ece = expected_calibration_error(probs, y_true)
-    summary = {
-        **metrics,
-        "expected_calibration_error": ece,
-        "test_errors": int(len(wrong)),
-        "test_images": int(len(y_true)),
-    }
-    files.write_json(out / "summary.json", summary)
-
-    metrics_frame = pd.Series(summary, name="value").to_frame()
+    files.write_json(
+        out / "summary.json",
+        {
+            **metrics,
+            "expected_calibration_error": expected_calibration_error(probs, y_true),
+            "test_errors": int(len(wrong)),
+            "test_images": int(len(y_true)),
+            "uncertainty": summary["metrics"].to_dict("index"),
+        },
+    )
     write_page(
         out / "index.html",
         f"Run report: {run_dir.name}",
         [
-            ("Metrics", _table_html(metrics_frame.astype(str))),
-            ("Loss and accuracy", '<img src="curves.png" alt="loss and accuracy curves">'),
-            ("Correctly classified", '<img src="correct.png" alt="correctly classified samples">'),
-            (
-                "Incorrectly classified",
-                '<img src="incorrect.png" alt="incorrectly classified samples">',
-            ),
+            ("Summary", _table_html(run_summary(metrics))),
+            ("Loss and accuracy per epoch", _image("curves.png", "loss and accuracy curves")),
+            ("Correctly classified", _image("correct.png", "correctly classified samples")),
+            ("Incorrectly classified", _image("incorrect.png", "incorrectly classified samples")),
             ("Classification report", _table_html(table)),
             ("Per-class accuracy", _table_html(per_class.to_frame())),
-            ("Confusion matrix", '<img src="confusion_matrix.png" alt="confusion matrix">'),
-            (
-                "Calibration",
-                f"<p>Expected calibration error: {ece:.4f}</p>"
-                '<img src="reliability.png" alt="reliability diagram">',
-            ),
+            ("Confusion matrix", _image("confusion_matrix.png", "confusion matrix")),
+            *uncertainty_sections(summary),
             ("Config", f"<pre>{html.escape(run['config'])}</pre>"),
+            ("All metrics", _table_html(metrics_table(metrics))),
         ],
     )
     return out / "index.html"

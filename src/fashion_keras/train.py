@@ -1,15 +1,17 @@
 """Training: `train(config)` runs `model.fit` and leaves a complete run directory.
 
-A run directory holds `config.yaml` (written first), `history.csv` and `best.keras`
-(updated every epoch), `logs/` (TensorBoard), `backup/` (while the run is unfinished),
-and at the end `model.keras` and `metrics.json` (written last: its presence means the
-run is complete). Running the same command with the same `--output` after a crash
-resumes from the last completed epoch.
+The recipe, in the order of a keras-io example: set up (strategy, run directory, seed),
+prepare the data, build the model (restoring the backup when resuming), plan the epochs
+when training to a time budget, make the callbacks, fit, evaluate on the test set, write
+the results. `fashion_keras.rundir` describes the run directory and reads it back.
+
+Running the same command with the same `--output` after a crash resumes: a kill at any
+moment loses at most the epoch in flight, and a kill after the last epoch redoes only the
+evaluation and the final writes.
 """
 
 import dataclasses
 import math
-import os
 import shutil
 import sys
 import time
@@ -22,17 +24,13 @@ import pandas as pd
 import tensorflow as tf
 
 import fashion_keras.layers  # noqa: F401  (registers the project's layers for load_model)
+from fashion_keras import budget, distribute, files, machine, rundir
 from fashion_keras import callbacks as cb
 from fashion_keras import config as cfg
-from fashion_keras import distribute, files
-from fashion_keras.data import FILES, load_data
+from fashion_keras.data import load_data
+from fashion_keras.machine import seconds_since_process_start
 from fashion_keras.models import build_model
-
-TRAIN_FILE_SIZE = FILES["train_images"].dims[0]
-
-
-class RunError(ValueError):
-    """The run directory cannot be used as asked."""
+from fashion_keras.rundir import RunError
 
 
 class TrainingInterrupted(Exception):
@@ -55,16 +53,68 @@ class TrainResult:
     run_dir: Path
 
 
-def seconds_since_process_start():
-    """Wall seconds since this Python process started, imports included; None off Linux."""
-    try:
-        stat = Path("/proc/self/stat").read_text()
-        now = time.clock_gettime(time.CLOCK_BOOTTIME)  # the clock `starttime` counts on
-    except (OSError, AttributeError):
-        return None
-    start_ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, `starttime`
-    age = now - start_ticks / os.sysconf("SC_CLK_TCK")
-    return round(age, 2) if age >= 0 else None
+@dataclasses.dataclass
+class Setup:
+    """What `set_up` decided: where the run goes and how it is distributed."""
+
+    config: cfg.Config  # as saved in the run directory (epochs fixed once planned)
+    strategy: tf.distribute.Strategy
+    run_dir: Path  # where this process writes (a private directory on non-chief workers)
+    output: Path  # the run directory the user named
+    chief: bool
+    policy: str  # the Keras dtype policy
+    global_batch: int
+
+
+def train(config, output=None, data_dir=None, verbose=None):
+    """Trains the configured model and writes a complete run directory.
+
+    Args:
+        config: a `Config` (see `fashion_keras.config.load_config`).
+        output: the run directory; default `runs/<name>-<timestamp>/`. An unfinished run
+            there is resumed.
+        data_dir: the directory holding the four Fashion-MNIST files; default: searched
+            (see `fashion_keras.data`). Not part of the run's config.
+        verbose: Keras' fit verbosity; default a progress bar on a terminal, one line per
+            epoch otherwise.
+
+    Returns:
+        A `TrainResult` with the model, the per-epoch history, the metrics and the run dir.
+
+    Example:
+        >>> config = load_config("baseline", ["training.epochs=1"])
+        >>> train(config).metrics["test_accuracy"]
+    """
+    started = time.perf_counter()
+    if verbose is None:
+        verbose = 1 if sys.stdout.isatty() else 2
+    setup = set_up(config, output)
+    (x_train, y_train), validation, test = load_data(data_dir, **dataclasses.asdict(config.data))
+    steps = math.ceil(len(x_train) / setup.global_batch)
+    model, first_epoch, state = build_and_restore(setup)
+    if setup.config.training.epochs is None:
+        setup.config = plan_budget(setup, model, (x_train, y_train), validation, len(test[0]))
+    callbacks = make_callbacks(setup, steps, first_epoch, state)
+    if first_epoch < setup.config.training.epochs and not state.get("stop_training"):
+        fit(setup, model, (x_train, y_train), validation, steps, first_epoch, callbacks, verbose)
+    evaluated_epoch, (test_loss, test_accuracy) = evaluate(setup, model, test)
+    return write_results(
+        setup,
+        model,
+        {
+            "test_loss": float(test_loss),
+            "test_accuracy": float(test_accuracy),
+            "evaluated_epoch": evaluated_epoch,
+            "resumed_from_epoch": first_epoch,
+            "wall_time_s": round(time.perf_counter() - started, 2),
+            "train_size": len(x_train),
+            "val_size": len(validation[0]),
+            "test_size": len(test[0]),
+        },
+    )
+
+
+# --------------------------------------------------------------------------- set up
 
 
 def resolve_precision(precision="auto"):
@@ -77,31 +127,199 @@ def resolve_precision(precision="auto"):
         return precision
     if tf.config.list_physical_devices("GPU"):
         return "mixed_float16"
-    flags = distribute.cpu_info("flags").split()
-    return "mixed_bfloat16" if {"avx512_bf16", "amx_bf16"} & set(flags) else "float32"
+    return "mixed_bfloat16" if {"avx512_bf16", "amx_bf16"} & machine.cpu_flags() else "float32"
 
 
-def compile_model(config, steps_per_epoch=None):
+def set_up(config, output=None):
+    """Creates the strategy (first: MultiWorkerMirroredStrategy must precede any other
+    TensorFlow work), opens the run directory and seeds the random number generators."""
+    d, t = config.distribute, config.training
+    strategy = distribute.make_strategy(d.strategy, d.cpu_devices)
+    multi_worker = d.strategy == "multi_worker"
+    if multi_worker and output is None:
+        raise RunError(
+            "distribute.strategy=multi_worker needs --output: every worker must name the same run"
+        )
+    if output is None:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        output = Path("runs") / f"{config.run_name}-{stamp}"
+    # $TF_CONFIG says who is chief only for a multi-worker job; other workers write a
+    # private copy of the run directory.
+    chief = not multi_worker or distribute.is_chief()
+    run_dir, config = prepare_run_dir(config, output if chief else distribute.worker_dir(output))
+    keras.utils.set_random_seed(config.seed)
+    if t.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    setup = Setup(
+        config=config,
+        strategy=strategy,
+        run_dir=run_dir,
+        output=Path(output),
+        chief=chief,
+        policy=resolve_precision(t.precision),
+        global_batch=t.batch_size * strategy.num_replicas_in_sync,
+    )
+    print(
+        f"Run {setup.output}: device {distribute.describe_device()}; strategy "
+        f"{distribute.strategy_name(strategy)} with {strategy.num_replicas_in_sync} "
+        f"replica(s); global batch {setup.global_batch}; precision {setup.policy}",
+        flush=True,
+    )
+    return setup
+
+
+def _resolved_text(path):
+    """A saved `config.yaml` as `dump_config` writes it today (None if it no longer loads).
+
+    Files written before the model section was spelled out resolve with today's variants.
+    """
+    try:
+        return cfg.dump_config(cfg.load_config(path))
+    except cfg.ConfigError:
+        return None
+
+
+def prepare_run_dir(config, output):
+    """Creates (or reopens, to resume) the run directory and writes `config.yaml`.
+
+    Returns:
+        `(run_dir, config)`: the config as the run will use it. A run that planned its
+        epochs for a time budget (`plan.json`) keeps them when the same budget is asked
+        again, so a resumed run never re-plans.
+    """
+    run_dir = Path(output)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunError(f"--output {run_dir} is a file, not a directory")
+    if (run_dir / "metrics.json").exists():
+        raise RunError(
+            f"{run_dir} already holds a finished run (metrics.json); choose another --output"
+        )
+    saved = run_dir / "config.yaml"
+    plan = rundir.read_json(run_dir / "plan.json")
+    asked = cfg.dump_config(config)
+    if plan and config.training.time_budget_s == plan["time_budget_s"]:
+        config = budget.with_epochs(config, plan["epochs"])
+    text = cfg.dump_config(config)
+    if saved.exists() and _resolved_text(saved) not in (asked, text):
+        raise RunError(
+            f"{run_dir} holds an unfinished run with a different config or network; resume it "
+            f"with its own: --config {saved} --output {run_dir}, or choose another --output"
+        )
+    for stale in run_dir.rglob(".*.part*"):  # temporaries of a killed run; never complete
+        stale.unlink()
+    try:
+        files.check_writable(run_dir)
+    except files.WriteError as e:
+        raise RunError(f"cannot write to {run_dir}: {e}") from None
+    files.write_text(saved, text)
+    return run_dir, config
+
+
+# --------------------------------------------------------------------------- the model
+
+
+def compile_model(config, policy=None):
     """Builds and compiles the configured model (call it inside the strategy's scope).
 
-    `steps_per_epoch` is needed for `training.lr_schedule: cosine`.
+    The dtype policy (`training.precision`, or `policy`) applies to this model only: the
+    global Keras policy is left as it was. The learning-rate schedule is a callback (see
+    `make_callbacks`).
+
+    Args:
+        config: a `Config`.
+        policy: a Keras dtype policy name; default `resolve_precision(training.precision)`.
+
+    Returns:
+        The compiled `keras.Model`, outputting logits.
     """
     t = config.training
-    keras.mixed_precision.set_dtype_policy(resolve_precision(t.precision))
-    model = build_model(**config.model_kwargs())
-    learning_rate = t.learning_rate
-    if t.lr_schedule == "cosine":
-        learning_rate = keras.optimizers.schedules.CosineDecay(
-            t.learning_rate, decay_steps=t.epochs * steps_per_epoch
+    previous = keras.mixed_precision.dtype_policy()
+    keras.mixed_precision.set_dtype_policy(policy or resolve_precision(t.precision))
+    try:
+        model = build_model(**config.model_kwargs())
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate=t.learning_rate),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+            steps_per_execution=t.steps_per_execution,
+            jit_compile=t.jit_compile,
         )
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-        steps_per_execution=t.steps_per_execution,
-        jit_compile=t.jit_compile,
-    )
+    finally:
+        keras.mixed_precision.set_dtype_policy(previous)
     return model
+
+
+def build_and_restore(setup):
+    """The compiled model, and where to start: `(model, first_epoch, backup entry)`.
+
+    When the run directory holds a backup, the model gets its weights, optimizer state and
+    random state, and training continues after the backed-up epoch.
+    """
+    backup_dir = setup.run_dir / "backup"
+    first_epoch = max(rundir.read_backup(backup_dir), default=0)
+    with setup.strategy.scope():
+        model = compile_model(setup.config, policy=setup.policy)
+        if isinstance(setup.strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            first_epoch = distribute.agree_on_epoch(setup.strategy, first_epoch)
+        state = rundir.restore_backup(model, backup_dir, first_epoch) if first_epoch else {}
+    if first_epoch:
+        print(f"Resuming after epoch {first_epoch} from {backup_dir}", flush=True)
+    return model, first_epoch, state
+
+
+def plan_budget(setup, model, train_data, validation, test_size):
+    """Measures the speed, fixes the epochs that fit `training.time_budget_s`, and records
+    the decision in `plan.json` and `config.yaml`. Returns the config with those epochs."""
+    with setup.strategy.scope():
+        plan = budget.plan_epochs(
+            model,
+            setup.config,
+            train_data,
+            validation,
+            test_size,
+            global_batch=setup.global_batch,
+            scratch_dir=setup.run_dir,
+            elapsed_s=seconds_since_process_start,
+        )
+    print(budget.describe(plan), flush=True)
+    files.write_json(setup.run_dir / "plan.json", dataclasses.asdict(plan))
+    config = budget.with_epochs(setup.config, plan.epochs)
+    files.write_text(setup.run_dir / "config.yaml", cfg.dump_config(config))
+    return config
+
+
+# --------------------------------------------------------------------------- callbacks
+
+
+def make_callbacks(setup, steps, first_epoch, state):
+    """The run's callbacks, each starting from the backup's state when resuming."""
+    run_dir, t = setup.run_dir, setup.config.training
+    stopping = None
+    if t.early_stopping_patience:
+        resumed = state.get("early_stopping") or {}
+        stopping = cb.EarlyStopping(
+            monitor="val_loss",
+            patience=t.early_stopping_patience,
+            initial_wait=resumed.get("wait", 0),
+            initial_best=resumed.get("best"),
+        )
+    checkpoint = cb.BestCheckpoint(run_dir / "best.keras", initial_best=state.get("best_val_loss"))
+    schedule = []
+    if t.lr_schedule != "constant":
+        schedule = [cb.AnnealLearningRate(t.learning_rate, t.epochs * steps, steps, t.lr_schedule)]
+    return [
+        *schedule,
+        cb.EpochTimer(),
+        cb.HistoryCSV(run_dir / "history.csv"),
+        cb.TensorBoard(log_dir=str(run_dir / "logs")),
+        checkpoint,
+        *([stopping] if stopping else []),
+        # Last: an epoch counts as done once everything above has run for it.
+        cb.RunState(run_dir / "backup", early_stopping=stopping, checkpoint=checkpoint),
+    ]
+
+
+# --------------------------------------------------------------------------- fit
 
 
 def make_dataset(x, y, batch_size, seed, first_epoch, epochs):
@@ -130,232 +348,84 @@ def make_dataset(x, y, batch_size, seed, first_epoch, epochs):
     )
 
 
-def _resolved_text(path):
-    """A saved `config.yaml` as `dump_config` writes it today (None if it no longer loads).
-
-    Files written before the model section was spelled out resolve with today's variants.
-    """
-    try:
-        return cfg.dump_config(cfg.load_config(path))
-    except cfg.ConfigError:
-        return None
-
-
-def prepare_run_dir(config, output=None):
-    """Creates (or reopens, to resume) the run directory and writes `config.yaml`."""
-    if output is None:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        output = Path("runs") / f"{config.run_name}-{stamp}"
-    run_dir = Path(output)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RunError(f"--output {run_dir} is a file, not a directory")
-    if (run_dir / "metrics.json").exists():
-        raise RunError(
-            f"{run_dir} already holds a finished run (metrics.json); choose another --output"
-        )
-    text = cfg.dump_config(config)
-    saved = run_dir / "config.yaml"
-    if saved.exists() and _resolved_text(saved) != text:
-        raise RunError(
-            f"{run_dir} holds an unfinished run with a different config or network; resume it "
-            f"with its own: --config {saved} --output {run_dir}, or choose another --output"
-        )
-    for stale in run_dir.rglob(".*.part*"):  # temporaries of a killed run; never complete
-        stale.unlink()
-    try:
-        files.check_writable(run_dir)
-        files.write_text(saved, text)
-    except OSError as e:
-        raise RunError(f"cannot write to {run_dir}: {e.strerror or e}") from None
-    return run_dir
-
-
-def make_callbacks(run_dir, first_epoch, early_stopping_patience=None):
-    """The run's callbacks; `first_epoch` > 0 when resuming from a backup."""
-    earlier = [
-        r["val_loss"] for r in cb.read_history(run_dir / "history.csv") if r["epoch"] <= first_epoch
-    ]
-    best_before = min(earlier) if earlier else None
-    stopping = []
-    if early_stopping_patience:
-        # A resumed run must beat its best epoch so far to reset the patience count.
-        # The best weights come from best.keras after fit, so they survive a resume too.
-        stopping = [
-            keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=early_stopping_patience, baseline=best_before
-            )
-        ]
-    return [
-        cb.EpochTimer(),
-        cb.HistoryCSV(run_dir / "history.csv"),
-        cb.TensorBoard(log_dir=str(run_dir / "logs")),
-        cb.AtomicModelCheckpoint(
-            str(run_dir / "best.keras"),
-            monitor="val_loss",
-            save_best_only=True,
-            # A resumed run must beat the best epoch before the interruption.
-            initial_value_threshold=best_before,
-        ),
-        *stopping,
-        # Last: an epoch counts as done once everything above has run for it.
-        cb.ResumableBackup(str(run_dir / "backup"), resume_epoch=first_epoch),
-    ]
-
-
-def train(config, output=None, verbose=None):
-    """Trains the configured model and writes a complete run directory.
-
-    Args:
-        config: a `Config` (see `fashion_keras.config.load_config`).
-        output: the run directory; default `runs/<name>-<timestamp>/`. An unfinished run
-            there is resumed.
-        verbose: Keras' fit verbosity; default a progress bar on a terminal, one line per
-            epoch otherwise.
-
-    Returns:
-        A `TrainResult` with the model, the per-epoch history, the metrics and the run dir.
-
-    Example:
-        >>> config = load_config("configs/baseline.yaml", ["training.epochs=1"])
-        >>> train(config).metrics["test_accuracy"]
-    """
-    started = time.perf_counter()
-    if verbose is None:
-        verbose = 1 if sys.stdout.isatty() else 2
-    t = config.training
-    # First: MultiWorkerMirroredStrategy must exist before any other TensorFlow work.
-    strategy = distribute.make_strategy(config.distribute.strategy, config.distribute.cpu_devices)
-    chief = distribute.is_chief()
-    if config.distribute.strategy == "multi_worker" and output is None:
-        raise RunError(
-            "distribute.strategy=multi_worker needs --output: every worker must name the same run"
-        )
-    # Only the chief writes the run directory; other workers write a private copy.
-    run_dir = prepare_run_dir(config, output if chief else distribute.worker_dir(output))
-    keras.utils.set_random_seed(config.seed)
-    if t.deterministic:
-        tf.config.experimental.enable_op_determinism()
-    replicas = strategy.num_replicas_in_sync
-    global_batch = t.batch_size * replicas
-    device = distribute.describe_device()
-
-    with strategy.scope():
-        train_size = config.data.train_limit or TRAIN_FILE_SIZE - config.data.validation_size
-        steps = math.ceil(train_size / global_batch)
-        model = compile_model(config, steps_per_epoch=steps)
-    print(
-        f"Run {run_dir}: device {device}; strategy {distribute.strategy_name(strategy)} "
-        f"with {replicas} replica(s); global batch {global_batch}; precision "
-        f"{keras.mixed_precision.dtype_policy().name}",
-        flush=True,
+def fit(setup, model, train_data, validation, steps, first_epoch, callbacks, verbose):
+    """`model.fit` from `first_epoch` to the configured epochs."""
+    t = setup.config.training
+    dataset = make_dataset(
+        *train_data, setup.global_batch, setup.config.seed, first_epoch, t.epochs
     )
-
-    start = time.perf_counter()
-    (x_train, y_train), (x_val, y_val), (x_test, y_test) = load_data(
-        **dataclasses.asdict(config.data)
-    )
-    load_time = time.perf_counter() - start
-
-    backup_dir = run_dir / "backup"
-    first_epoch = cb.ResumableBackup.saved_epoch(backup_dir)
-    multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-    if multi_worker:
-        first_epoch = distribute.agree_on_epoch(strategy, first_epoch)
-    if first_epoch:
-        print(f"Resuming after epoch {first_epoch} from {backup_dir}", flush=True)
-    callbacks = make_callbacks(run_dir, first_epoch, t.early_stopping_patience)
-    dataset = make_dataset(x_train, y_train, global_batch, config.seed, first_epoch, t.epochs)
-    if multi_worker:
-        # keras-team/keras#20585: fit()'s symbolic build reduces a data batch across
-        # workers eagerly and fails. Without a strategy of its own the model builds while
-        # tracing, and fit() still runs in the strategy's scope (see distribute.py).
-        model._distribute_strategy = None
-    fit_start = time.perf_counter()
-    with strategy.scope():
+    if isinstance(setup.strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        distribute.work_around_keras_20585(model)
+    with setup.strategy.scope():
         try:
             model.fit(
                 dataset,
+                initial_epoch=first_epoch,
                 epochs=t.epochs,
                 steps_per_epoch=steps,
-                validation_data=(x_val, y_val),
-                validation_batch_size=global_batch,  # Keras' default, 32, is slower
+                validation_data=validation,
+                validation_batch_size=setup.global_batch,  # Keras' default, 32, is slower
                 shuffle=False,  # make_dataset shuffles, reproducibly
                 callbacks=callbacks,
                 verbose=verbose,
             )
         except KeyboardInterrupt:
-            epochs_done = cb.ResumableBackup.saved_epoch(backup_dir)
-            raise TrainingInterrupted(run_dir, epochs_done) from None
-        fit_time = time.perf_counter() - fit_start
-        if t.early_stopping_patience:
-            model.load_weights(run_dir / "best.keras")  # the best epoch, as promised
-        test_loss, test_accuracy = model.evaluate(
-            x_test, y_test, batch_size=global_batch, verbose=0
-        )
-    history = pd.DataFrame(cb.read_history(run_dir / "history.csv"))
+            epochs_done = max(rundir.read_backup(setup.run_dir / "backup"), default=0)
+            raise TrainingInterrupted(setup.output, epochs_done) from None
+
+
+# --------------------------------------------------------------------------- evaluate, write
+
+
+def evaluate(setup, model, test):
+    """Test loss and accuracy of the epoch the run keeps: `(epoch, (loss, accuracy))`.
+
+    With early stopping that is the best epoch (from `best.keras`), else the last one.
+    """
+    history = rundir.read_history(setup.run_dir / "history.csv")
+    epoch = history[-1]["epoch"]
+    with setup.strategy.scope():
+        if setup.config.training.early_stopping_patience:
+            model.load_weights(setup.run_dir / "best.keras")
+            epoch = min(history, key=lambda row: row["val_loss"])["epoch"]
+        return epoch, model.evaluate(*test, batch_size=setup.global_batch, verbose=0)
+
+
+def write_results(setup, model, results):
+    """Writes `model.keras` and then `metrics.json` (which marks the run complete), removes
+    the backup, and returns the `TrainResult`."""
+    run_dir, t = setup.run_dir, setup.config.training
+    history = pd.DataFrame(rundir.read_history(run_dir / "history.csv"))
     best = history.loc[history["val_loss"].idxmin()]
-    epochs_run = len(history) - first_epoch
+    train_time = history["epoch_time"].sum()
     metrics = {
-        "test_loss": float(test_loss),
-        "test_accuracy": float(test_accuracy),
+        **results,
         "best_epoch": int(best["epoch"]),
         "best_val_loss": float(best["val_loss"]),
         "epochs": len(history),  # fewer than configured if stopped early
         "stopped_early": len(history) < t.epochs,
-        "resumed_from_epoch": int(first_epoch),
-        "wall_time_s": round(time.perf_counter() - started, 2),
         "process_wall_time_s": seconds_since_process_start(),
-        "fit_time_s": round(fit_time, 2),
-        "seconds_per_epoch": round(float(np.median(history["epoch_time"].tail(epochs_run))), 2),
-        "train_images_per_s": round(len(x_train) * epochs_run / fit_time, 1),
-        "data_load_s": round(load_time, 3),
-        "train_size": len(x_train),
-        "val_size": len(x_val),
-        "test_size": len(x_test),
-        "global_batch_size": global_batch,
-        "precision": keras.mixed_precision.dtype_policy().name,
-        "device": device,
-        "strategy": distribute.strategy_name(strategy),
-        "replicas": replicas,
+        "fit_time_s": round(float(train_time), 2),
+        "seconds_per_epoch": round(float(np.median(history["epoch_time"])), 2),
+        "train_images_per_s": round(results["train_size"] * len(history) / train_time, 1),
+        "global_batch_size": setup.global_batch,
+        "precision": setup.policy,
+        "device": distribute.describe_device(),
+        "strategy": distribute.strategy_name(setup.strategy),
+        "replicas": setup.strategy.num_replicas_in_sync,
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
+        "plan": rundir.read_json(run_dir / "plan.json"),
     }
     files.save_model(model, run_dir / "model.keras")
-    files.write_json(run_dir / "metrics.json", metrics)  # last: marks the run complete
-    if not chief:
+    files.write_json(run_dir / "metrics.json", metrics)  # marks the run complete
+    shutil.rmtree(run_dir / "backup", ignore_errors=True)  # only now: nothing left to resume
+    if not setup.chief:
         shutil.rmtree(run_dir, ignore_errors=True)
-        run_dir = Path(output)
     print(
-        f"Test accuracy {test_accuracy:.4f}, test loss {test_loss:.4f}; best epoch "
-        f"{metrics['best_epoch']} (val loss {metrics['best_val_loss']:.4f}); {run_dir}",
+        f"Test accuracy {metrics['test_accuracy']:.4f}, test loss {metrics['test_loss']:.4f} "
+        f"(epoch {metrics['evaluated_epoch']}); best validation loss "
+        f"{metrics['best_val_loss']:.4f} at epoch {metrics['best_epoch']}; {setup.output}",
         flush=True,
     )
-    return TrainResult(model=model, history=history, metrics=metrics, run_dir=run_dir)
-
-
-def load_run_model(run_dir, data_dir=None, checkpoint="model.keras"):
-    """A finished run's saved model (Keras safe mode) and its test set.
-
-    Returns:
-        `(model, x_test, y_test)`, the test set limited as the run's config says.
-    """
-    run_dir = Path(run_dir)
-    path = run_dir / checkpoint
-    if not path.is_file():
-        raise RunError(f"{path} not found; is {run_dir} a finished run directory?")
-    config = cfg.load_config(run_dir / "config.yaml")
-    data = dataclasses.asdict(config.data)
-    data["data_dir"] = data_dir or data["data_dir"]
-    _, _, (x_test, y_test) = load_data(**data)
-    return keras.saving.load_model(path, safe_mode=True), x_test, y_test
-
-
-def evaluate_run(run_dir, data_dir=None, checkpoint="model.keras"):
-    """Evaluates a run's saved model on its test set.
-
-    Returns:
-        `{"test_loss": ..., "test_accuracy": ...}`.
-    """
-    model, x_test, y_test = load_run_model(run_dir, data_dir, checkpoint)
-    loss, accuracy = model.evaluate(x_test, y_test, batch_size=256, verbose=0)
-    return {"test_loss": float(loss), "test_accuracy": float(accuracy)}
+    return TrainResult(model=model, history=history, metrics=metrics, run_dir=setup.output)

@@ -1,0 +1,49 @@
+"""The machine at hand: CPU model, instruction sets, and how long this process has run.
+
+Plain Python (no TensorFlow), so benchmarks can record the machine from any process.
+"""
+
+import os
+import platform
+import time
+from pathlib import Path
+
+# The instruction sets that decide float32 and bfloat16 speed on a CPU.
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+
+
+def cpu_info(field):
+    """The first `field` value of /proc/cpuinfo (e.g. "model name", "flags"), or ""."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == field:
+                    return value.strip()
+    except OSError:
+        pass
+    return ""
+
+
+def cpu_flags():
+    """The CPU's instruction-set flags from /proc/cpuinfo (e.g. "avx2", "amx_bf16")."""
+    return set(cpu_info("flags").split())
+
+
+def describe_cpu():
+    """ "Intel(R) Xeon(R) Processor (avx2 avx512f avx512_bf16 amx_bf16), 2 cores"."""
+    model = cpu_info("model name") or platform.processor() or platform.machine()
+    isa = [flag for flag in ISA_FLAGS if flag in cpu_flags()]
+    return f"{model} ({' '.join(isa) or 'no AVX2'}), {os.cpu_count()} cores"
+
+
+def seconds_since_process_start():
+    """Wall seconds since this Python process started, imports included; None off Linux."""
+    try:
+        stat = Path("/proc/self/stat").read_text()
+        now = time.clock_gettime(time.CLOCK_BOOTTIME)  # the clock `starttime` counts on
+    except (OSError, AttributeError):
+        return None
+    start_ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, `starttime`
+    age = now - start_ticks / os.sysconf("SC_CLK_TCK")
+    return round(age, 2) if age >= 0 else None
