@@ -228,6 +228,7 @@ def test_a_leftover_tf_config_matters_only_for_multi_worker(tmp_path):
 @pytest.mark.slow
 def test_data_dir_is_a_plain_path_and_not_part_of_the_run(tmp_path):
     from fashion_keras import data
+
     from test_resume import kill_while_writing
 
     real, _ = data.find_data_dir(download=False)
