@@ -17,7 +17,7 @@ OLDEST ?= "tensorflow==2.16.1" "keras==3.9.0" "tensorboard==2.16.2"
 OLDEST_VENV ?= .venv-oldest
 
 .PHONY: help install data browser bench frontier study notebook train-baseline train-dropout \
-	train-fast train-improved report compare test test-fast test-oldest lint format clean
+	train-fast train-improved _train report compare test test-fast test-oldest lint format clean
 
 help: ## show this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -71,8 +71,8 @@ compare: data ## train both variants for each of SEEDS on a subset, then compare
 	done; done
 	$(BIN)/fashion-keras compare runs/compare/*-seed* --output runs/compare/report
 
-study: data ## the dropout study: dropout strength x data size x seeds into runs/study (rerun continues)
-	$(BIN)/fashion-keras study --output runs/study $(STUDY_ARGS)
+study: data ## the dropout study into runs/study, its summary into docs/study (rerun continues)
+	$(BIN)/fashion-keras study --output runs/study --docs docs/study $(STUDY_ARGS)
 
 notebook: $(STAMP) ## open the notebooks in JupyterLab (installs the notebooks extra)
 	$(BIN)/pip install -q -e ".[notebooks]"

@@ -34,7 +34,10 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from fashion_keras import files
 from fashion_keras.machine import ISA_FLAGS, cpu_flags, describe_cpu, seconds_since_process_start
+
+from contenders import keras_tutorial_model, torch_tutorial_net
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH_SIZE = 128
@@ -86,7 +89,7 @@ def follow_curve(train_one_epoch, evaluate, seconds, out):
         }
         tested += time.time() - test_start
         curve.append(point)
-        Path(out).write_text(json.dumps({"curve": curve}, indent=2))
+        files.write_text(out, json.dumps({"curve": curve}, indent=2))  # a kill keeps the last
         print(f"epoch {point['epoch']}: {test_accuracy:.4f} at {clock(point['seconds'])}")
         if point["seconds"] + (test_start - epoch_start) > seconds:  # at this epoch's pace
             return
@@ -95,28 +98,9 @@ def follow_curve(train_one_epoch, evaluate, seconds, out):
 def naive_keras(x, y, x_test, y_test, seconds, out):
     """The tutorial recipe as most people would write it in Keras."""
     import keras
-    from keras import layers
 
     keras.utils.set_random_seed(SEED)
-    model = keras.Sequential(
-        [
-            keras.Input(shape=(28, 28, 1)),
-            layers.Conv2D(32, 3, padding="same", activation="relu"),
-            layers.MaxPooling2D(2, padding="same"),
-            layers.Conv2D(64, 3, padding="same", activation="relu"),
-            layers.MaxPooling2D(2, padding="same"),
-            layers.Conv2D(128, 3, padding="same", activation="relu"),
-            layers.MaxPooling2D(2, padding="same"),  # 7x7 -> 4x4, as the project's baseline
-            layers.Flatten(),
-            layers.Dense(128, activation="relu"),
-            layers.Dense(10),
-        ]
-    )
-    model.compile(
-        optimizer=keras.optimizers.Adam(LEARNING_RATE),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
+    model = keras_tutorial_model()
     follow_curve(
         lambda: model.fit(x, y, batch_size=BATCH_SIZE, epochs=1, shuffle=True, verbose=0),
         lambda: model.evaluate(x_test, y_test, verbose=0),  # Keras' default batch, as naive
@@ -132,21 +116,7 @@ def pytorch_eager(x, y, x_test, y_test, seconds, out):
 
     torch.manual_seed(SEED)
     torch.set_num_threads(os.cpu_count())
-    net = nn.Sequential(
-        nn.Conv2d(1, 32, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2, ceil_mode=True),  # as Keras' padding="same": 28 -> 14 -> 7 -> 4
-        nn.Conv2d(32, 64, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2, ceil_mode=True),
-        nn.Conv2d(64, 128, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2, ceil_mode=True),
-        nn.Flatten(),
-        nn.Linear(128 * 4 * 4, 128),
-        nn.ReLU(),
-        nn.Linear(128, 10),
-    )
+    net = torch_tutorial_net()
     optimizer = torch.optim.Adam(net.parameters(), lr=LEARNING_RATE)
     loss_fn = nn.CrossEntropyLoss()
     x, x_test = (torch.from_numpy(a).permute(0, 3, 1, 2).contiguous() for a in (x, x_test))
@@ -347,6 +317,7 @@ def parse_args(argv):
     parser.add_argument("--contenders", default=",".join(CONTENDERS), help="default: all")
     parser.add_argument("--preset", help="the project's preset for every budget")
     parser.add_argument("--train-limit", type=int, metavar="N", help="class-balanced subset")
+    parser.add_argument("--runs", metavar="DIR", help="keep the project's run directories here")
     parser.add_argument("--json", default="bench/frontier.json", metavar="OUT")
     parser.add_argument("--plot", default="bench/frontier.png", metavar="OUT.png")
     parser.add_argument("--child", choices=["keras", "pytorch"], help=argparse.SUPPRESS)
@@ -382,6 +353,7 @@ def main(argv=None):
 
     contenders = {}
     with tempfile.TemporaryDirectory() as tmp:
+        tmp = args.runs or tmp  # where the runs go: kept with --runs, else removed at the end
         for key in args.contenders:
             name = CONTENDERS[key]
             if key == "project":
@@ -414,8 +386,9 @@ def main(argv=None):
         "frontier": frontier(contenders, args.budgets),
     }
     print_table(report["frontier"], [CONTENDERS[key] for key in args.contenders])
-    Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-    plot_frontier(report).savefig(args.plot, dpi=120)
+    files.write_text(args.json, json.dumps(report, indent=2) + "\n")
+    with files.atomic_path(args.plot) as tmp:
+        plot_frontier(report).savefig(tmp, dpi=120, format="png")
     print(f"\nwrote {args.json} and {args.plot}")
     return 0
 

@@ -30,29 +30,19 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from fashion_keras import build_model, data  # noqa: E402
+from fashion_keras import data, files  # noqa: E402
 from fashion_keras.config import load_config  # noqa: E402
 from fashion_keras.distribute import describe_device  # noqa: E402
 from fashion_keras.train import compile_model, make_dataset, resolve_precision, train  # noqa: E402
 
+from contenders import keras_tutorial_model, torch_tutorial_net  # noqa: E402
+
 BATCH_SIZE = 128
 
 
-# Setup: the naive tutorial-style code, as most people would write it.
-def naive_model():
-    """The baseline compiled with Keras defaults, in float32."""
-    keras.mixed_precision.set_dtype_policy("float32")
-    model = build_model("baseline")
-    model.compile(
-        optimizer="adam",
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    return model
-
-
+# Setup: the naive tutorial-style code, as most people would write it (bench/contenders.py).
 def naive_keras(x, y, x_test, epochs):
-    model = naive_model()
+    model = keras_tutorial_model()
     model.fit(x, y, batch_size=BATCH_SIZE, epochs=1, verbose=0)  # warm-up: tracing
     start = time.perf_counter()
     model.fit(x, y, batch_size=BATCH_SIZE, epochs=epochs, verbose=0)
@@ -84,21 +74,7 @@ def pytorch_eager(x, y, x_test, epochs):
     from torch import nn
 
     torch.set_num_threads(os.cpu_count())
-    net = nn.Sequential(
-        nn.Conv2d(1, 32, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2, ceil_mode=True),
-        nn.Conv2d(32, 64, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2, ceil_mode=True),
-        nn.Conv2d(64, 128, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2, ceil_mode=True),
-        nn.Flatten(),
-        nn.Linear(2048, 128),
-        nn.ReLU(),
-        nn.Linear(128, 10),
-    )
+    net = torch_tutorial_net()
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
     xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
@@ -129,7 +105,7 @@ def test_accuracies(epochs, seeds, overrides):
     for seed in range(42, 42 + seeds):
         keras.backend.clear_session()
         keras.utils.set_random_seed(seed)
-        model = naive_model()
+        model = keras_tutorial_model()
         model.fit(x, y, batch_size=BATCH_SIZE, epochs=epochs, verbose=0)
         runs["naive Keras"].append(model.evaluate(x_test, y_test, verbose=0)[1])
         keras.backend.clear_session()
@@ -290,8 +266,7 @@ def main(argv=None):
             print(f"  {name:<15} {each}  (mean {accuracy['mean'][name]:.4f}{spread})")
         print(f"  fashion_keras - naive: {accuracy['difference_points']:+.2f} points (means)")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+        files.write_text(args.json, json.dumps(report, indent=2) + "\n")
     return 0
 
 

@@ -174,6 +174,18 @@ def test_predict_top_out_of_range_is_one_line(top, tmp_path):
     assert f"top must be between 1 and 10 (classes listed per image). Received: top={top}" in line
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["report", "RUN", "--mc-samples", "0"], "expected a whole number >= 1, got '0'"),
+        (["predict", "--model", "m.keras", "x.npy", "--mc-samples", "-1"], ">= 0, got '-1'"),
+    ],
+)
+def test_mc_samples_are_checked_before_anything_runs(args, message):
+    result = run_cli(*args)
+    assert result.returncode == 2 and f"argument --mc-samples: {message}" in result.stderr
+
+
 def test_unexpected_failures_are_not_called_user_mistakes(monkeypatch, capsys):
     from fashion_keras import cli, data
 

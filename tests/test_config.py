@@ -28,6 +28,7 @@ def test_epochs_and_time_budget_are_alternatives():
     assert budgeted.training.time_budget_s == 300 and budgeted.training.epochs is None
     fixed = load_config("improved", ["training.epochs=3"])
     assert fixed.training.epochs == 3 and fixed.training.time_budget_s is None
+    assert from_dict({"training": {"time_budget_s": 60}}).training.epochs is None
     with pytest.raises(ConfigError, match="set one of training.epochs and training.time_budget_s"):
         from_dict({"training": {"epochs": 3, "time_budget_s": 60}})
     with pytest.raises(ConfigError, match="set one of training.epochs and training.time_budget_s"):
@@ -120,6 +121,9 @@ def test_file_errors(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("training:\n  epochs: [1\n")
     with pytest.raises(ConfigError, match=r"YAML syntax error at line \d+, column \d+"):
+        load_config(bad)
+    bad.write_text("- training\n- model\n")
+    with pytest.raises(ConfigError, match="expected sections such as training:.*found a YAML list"):
         load_config(bad)
     with pytest.raises(ConfigError, match="not KEY=VALUE"):
         load_config(None, ["training.epochs"])

@@ -128,3 +128,27 @@ def test_predict_cli_json_and_exit_status(tmp_path, model_path):
     payload = json.loads(result.stdout)
     assert payload[0]["top"][0][0] in CLASS_NAMES
     assert "bad.png: not an image" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_monte_carlo_dropout_predictions_carry_their_uncertainty(tmp_path):
+    path = tmp_path / "dropout.keras"
+    build_model("dropout").save(path)
+    np.save(tmp_path / "two.npy", np.random.default_rng(0).random((2, 28, 28)).astype("float32"))
+    plain = predict_files(path, [tmp_path / "two.npy"])
+    sampled = predict_files(path, [tmp_path / "two.npy"], mc_samples=5, seed=1)
+    assert "mutual_information" not in plain[0] and plain[0]["entropy"] > 0
+    assert all(r["mutual_information"] > 0 for r in sampled)  # the passes disagree
+    assert sampled == predict_files(path, [tmp_path / "two.npy"], mc_samples=5, seed=1)
+    result = run_cli(
+        "predict", "--model", path, "--mc-samples", "3", "--json", tmp_path / "two.npy"
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert {"top", "entropy", "mutual_information"} <= set(json.loads(result.stdout)[0])
+
+
+def test_monte_carlo_dropout_on_a_network_without_dropout_is_one_line(tmp_path, model_path):
+    np.save(tmp_path / "x.npy", np.zeros((28, 28), np.uint8))
+    result = run_cli("predict", "--model", model_path, "--mc-samples", "3", tmp_path / "x.npy")
+    assert result.returncode == 2
+    [line] = result.stderr.splitlines()[-1:]
+    assert "has no Dropout layer" in line and line.startswith("fashion-keras: error:")

@@ -1,4 +1,5 @@
 import json
+import re
 import shutil
 import subprocess
 
@@ -7,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fashion_keras import compare, metrics, plots
+from fashion_keras import compare, metrics, plots, report
 
 from conftest import CONFIGS, SMOKE, run_cli
 
@@ -51,6 +52,32 @@ def test_curves_mark_the_test_result_at_the_epoch_it_was_measured():
         [star] = [line for line in ax.lines if line.get_marker() == "*"]
         assert list(star.get_xdata()) == [2]
         assert star.get_label().endswith("(weights of epoch 2)")
+
+
+def test_the_run_summary_reads_as_a_summary():
+    metrics = {
+        "test_accuracy": 0.94661, "test_loss": 0.16031, "evaluated_epoch": 40, "epochs": 46,
+        "best_epoch": 40, "best_val_loss": 0.14119, "fit_time_s": 1549.4,
+        "seconds_per_epoch": 33.6, "train_images_per_s": 1632.9, "process_wall_time_s": 1621.0,
+        "device": "CPU: Xeon", "precision": "mixed_bfloat16", "strategy": "default",
+        "train_size": 55000, "val_size": 5000, "test_size": 10000,
+        "plan": {"time_budget_s": 1800, "epochs": 46, "seconds_per_epoch": 35.1},
+    }  # fmt: skip
+    rows = report.run_summary(metrics)["value"]
+    assert rows["Test accuracy"] == "0.9466" and rows["Test loss"] == "0.1603"
+    assert rows["Weights tested"] == "epoch 40 of 46 (the lowest validation loss)"
+    assert rows["Training"].startswith("25 min 49 s (46 epochs, 33.6 s each, 1,633 images/s)")
+    assert rows["From start to test result"] == "27 min 1 s"
+    assert rows["Time budget"] == "30 min 0 s: 46 epochs planned at 35.1 s each"
+    table = report.metrics_table(metrics)["value"]
+    assert table["test_loss"] == "0.1603" and table["train_size"] == "55000"
+    assert report.duration(41.26) == "41.3 s" and report.duration(7260) == "2 h 1 min"
+
+
+def test_classification_table_counts_support_in_images():
+    table = report.classification_table(np.array([0, 0, 1, 2]), np.array([0, 1, 1, 2]))
+    assert table["support"].dtype.kind == "i"
+    assert table.loc["T-shirt/top", "support"] == 2 and table.loc["accuracy (all)", "support"] == 4
 
 
 def test_plot_functions_return_figures_and_save_only_with_a_path(tmp_path):
@@ -136,8 +163,9 @@ def _open_in_chromium(page, screenshot):
 
 @pytest.mark.slow
 def test_report_and_comparison_pages(runs, tmp_path):
-    result = run_cli("report", runs / "baseline")
-    assert result.returncode == 0, result.stderr[-2000:]
+    for variant in ("baseline", "dropout"):
+        result = run_cli("report", runs / variant, "--mc-samples", "5")
+        assert result.returncode == 0, result.stderr[-2000:]
     out = runs / "baseline" / "report"
     for name in (
         "curves.png",
@@ -145,6 +173,9 @@ def test_report_and_comparison_pages(runs, tmp_path):
         "incorrect.png",
         "confusion_matrix.png",
         "reliability.png",
+        "entropy.png",
+        "coverage.png",
+        "ood.png",
         "classification_report.txt",
         "classification_report.csv",
         "per_class_accuracy.csv",
@@ -156,19 +187,43 @@ def test_report_and_comparison_pages(runs, tmp_path):
     assert "Ankle boot" in table.index and table.loc["Ankle boot", "support"] == 50
     summary = json.loads((out / "summary.json").read_text())
     assert 0 <= summary["expected_calibration_error"] <= 1
+    # The baseline has no dropout: its uncertainty is its softmax's; the dropout run has both.
+    assert list(summary["uncertainty"]) == ["deterministic"]
+    dropout = json.loads((runs / "dropout" / "report" / "uncertainty.json").read_text())
+    assert [row["method"] for row in dropout["metrics"]] == ["deterministic", "mc_dropout"]
+    assert dropout["samples"] == 5
+    assert {row["dataset"] for row in dropout["ood"]} == {"digits", "inverted", "rotated", "noise"}
+    page = (out / "index.html").read_text()
+    headings = re.findall(r"<h2>(.*?)</h2>", page)
+    assert headings[0] == "Summary" and headings[-1] == "All metrics"
+    assert "How sure the model is" in headings and "Out-of-distribution inputs" in headings
+    assert "support" in page and ">50<" in page  # support as whole numbers
 
-    result = run_cli("compare", runs / "baseline", runs / "dropout", "--output", runs / "cmp")
+    saved = (runs / "dropout" / "report" / "uncertainty.json").stat().st_mtime_ns
+    result = run_cli(
+        "compare", runs / "baseline", runs / "dropout", "--output", runs / "cmp", "--mc-samples", 5
+    )
     assert result.returncode == 0, result.stderr[-2000:]
+    # The reports' Monte Carlo passes are reused, not recomputed, when the count matches.
+    assert (runs / "dropout" / "report" / "uncertainty.json").stat().st_mtime_ns == saved
     rows = pd.read_csv(runs / "cmp" / "summary.csv")
     assert (
         rows["variant"].tolist() == ["baseline", "dropout"] and rows["verdict"].str.len().min() > 10
     )
+    side_by_side = pd.read_csv(runs / "cmp" / "uncertainty.csv")
+    assert list(zip(side_by_side["run"], side_by_side["method"], strict=True)) == [
+        ("baseline", "deterministic"), ("dropout", "deterministic"), ("dropout", "mc_dropout")
+    ]  # fmt: skip
+    comparison = (runs / "cmp" / "index.html").read_text()
+    assert re.findall(r"<h2>(.*?)</h2>", comparison)[0] == "Summary"
+    assert "Mean test accuracy" in comparison and "How sure each model is" in comparison
+    assert "the mean of 5 passes" in comparison
 
     if CHROMIUM is None:
         pytest.skip("chromium is not installed (make test installs it where apt is available)")
     for page, tables, min_images in (
-        (out / "index.html", 3, 5),
-        (runs / "cmp" / "index.html", 2, 1),
+        (out / "index.html", 6, 8),
+        (runs / "cmp" / "index.html", 5, 3),
     ):
         dom = _open_in_chromium(page, tmp_path / f"{page.parent.name}.png")
         images = dom.count("<img ")

@@ -52,6 +52,22 @@ def test_early_stopping_stops_and_keeps_the_best_epoch(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_diverged_run_stops_and_says_what_to_change(tmp_path):
+    overrides = ["data.train_limit=500", "data.eval_limit=100", "training.epochs=5",
+                 "training.learning_rate=1e12", "training.precision=float32"]  # fmt: skip
+    config = load_config("baseline", overrides)
+    message = (r"training diverged: the loss became (nan|inf) in epoch \d+; train into a new "
+               r"directory with a lower training.learning_rate \(it was 1e\+12\)")  # fmt: skip
+    with pytest.raises(RunError, match=message):
+        train(config, tmp_path / "run", verbose=0)
+    epochs = len((tmp_path / "run" / "history.csv").read_text().splitlines()) - 1
+    assert epochs < 5  # TerminateOnNaN stopped it
+    with pytest.raises(RunError, match=message):  # a rerun finds it stopped and says it again
+        train(config, tmp_path / "run", verbose=0)
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+@pytest.mark.slow
 def test_improved_preset_trains_saves_and_reloads(tmp_path):
     result = train(load_config("improved", SMOKE), tmp_path / "improved", verbose=0)
     assert result.metrics["epochs"] == 1 and not result.metrics["stopped_early"]

@@ -17,6 +17,8 @@ import time
 import keras
 import numpy as np
 
+from fashion_keras.callbacks import AnnealLearningRate
+
 WARMUP_STEPS = 40  # timed training batches (the first few, which trace, are not counted)
 TRACE_STEPS = 3
 SAFETY = 0.97  # plan for this share of the time left: epochs vary by a few percent here
@@ -64,7 +66,7 @@ def plan_epochs(
         A `Plan`. At least one epoch, even when that cannot fit.
     """
     snapshot = _snapshot(model)
-    seconds_per_step = _time_steps(model, *train_data, global_batch, config.seed)
+    seconds_per_step = _time_steps(model, *train_data, global_batch, config)
     validation_s = _time_validation(model, *validation, global_batch)
     writes_s = _time_writes(model, scratch_dir)
     _restore(snapshot)
@@ -119,8 +121,9 @@ class _BatchClock(keras.callbacks.Callback):
         self.ends.append(time.perf_counter())
 
 
-def _time_steps(model, x, y, global_batch, seed):
-    """Seconds per training batch: the median after the first batches (which trace).
+def _time_steps(model, x, y, global_batch, config):
+    """Seconds per training batch: the mean after the first batches (which trace), with
+    the learning-rate callback the run sets every batch with.
 
     The warm-up ends with a batch of the epoch's last, smaller size, so the real run does
     not trace again there.
@@ -129,17 +132,21 @@ def _time_steps(model, x, y, global_batch, seed):
 
     full = min(WARMUP_STEPS, len(x) // global_batch)
     n = full * global_batch + len(x) % global_batch
-    clock = _BatchClock()
+    callbacks = [_BatchClock()]
+    t = config.training
+    if t.lr_schedule != "constant":  # its per-batch cost, not its rates
+        callbacks.append(AnnealLearningRate(t.learning_rate, 10**9, 10**9))
     model.fit(
-        make_dataset(x[:n], y[:n], global_batch, seed, 0, 1),
+        make_dataset(x[:n], y[:n], global_batch, config.seed, 0, 1),
         steps_per_epoch=math.ceil(n / global_batch),
         shuffle=False,
         verbose=0,
-        callbacks=[clock],
+        callbacks=callbacks,
     )
-    ends = [clock.started, *clock.ends]
+    ends = [callbacks[0].started, *callbacks[0].ends]
     durations = np.diff(ends[min(TRACE_STEPS, max(full - 2, 0)) : max(full, 1) + 1])
-    return float(np.median(durations))
+    # The mean, not the median: an epoch's time is the sum of its steps, slow ones included.
+    return float(np.mean(durations))
 
 
 def _time_validation(model, x, y, global_batch):
@@ -152,7 +159,8 @@ def _time_validation(model, x, y, global_batch):
 
 def _time_writes(model, scratch_dir):
     """Seconds an epoch spends writing: the best checkpoint and the backup."""
-    with tempfile.TemporaryDirectory(dir=scratch_dir, prefix=".budget-") as tmp:
+    # Named like the other temporaries (".*.part*"), so a rerun clears it after a kill.
+    with tempfile.TemporaryDirectory(dir=scratch_dir, prefix=".budget-", suffix=".part") as tmp:
         start = time.perf_counter()
         model.save(f"{tmp}/model.keras")
         model.save_weights(f"{tmp}/backup.weights.h5")

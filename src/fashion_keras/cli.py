@@ -24,6 +24,8 @@ examples:
   fashion-keras report runs/baseline
   fashion-keras compare runs/baseline runs/dropout --output runs/comparison
   fashion-keras predict --model runs/baseline/model.keras shirt.png batch.npy
+  fashion-keras predict --model runs/dropout/model.keras --mc-samples 30 shirt.png
+  fashion-keras study --quick --output runs/study-quick
   fashion-keras data --check
 """
 
@@ -79,14 +81,23 @@ def _report(args):
 def _compare(args):
     from fashion_keras.compare import write_comparison
 
-    print(write_comparison(args.run_dirs, args.output, mc_samples=args.mc_samples))
+    print(
+        write_comparison(
+            args.run_dirs, args.output, mc_samples=args.mc_samples, data_dir=args.data_dir
+        )
+    )
 
 
 def _study(args):
     from fashion_keras import study
+    from fashion_keras.train import TrainingInterrupted
 
     grid = study.QUICK if args.quick else study.DEFAULT
-    study.run_study(args.output, grid, data_dir=args.data_dir)
+    try:
+        study.run_study(args.output, grid, data_dir=args.data_dir)
+    except TrainingInterrupted:
+        print("fashion-keras: study stopped; run the same command to continue", file=sys.stderr)
+        return 130
     print(study.write_study(args.output, grid, data_dir=args.data_dir, docs=args.docs))
 
 
@@ -107,6 +118,27 @@ def _predict(args):
                 sure += f", mutual information {r['mutual_information']:.3f}"
             print(f"{line} ({sure})")
     return 1 if any("error" in r for r in results) else 0
+
+
+def _add_data_dir(parser):
+    parser.add_argument(
+        "--data-dir", metavar="DIR", help="directory with the four Fashion-MNIST .gz files"
+    )
+
+
+def at_least(minimum):
+    """An argparse type: a whole number of at least `minimum`."""
+
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}")
+        return value
+
+    return parse
 
 
 MC_HELP = "Monte Carlo dropout passes for the uncertainty sections (default 30)"
@@ -150,9 +182,7 @@ def build_parser():
         metavar="DIR",
         help="run directory (default runs/<name>-<timestamp>); rerun with the same DIR to resume",
     )
-    p.add_argument(
-        "--data-dir", metavar="DIR", help="directory with the four Fashion-MNIST .gz files"
-    )
+    _add_data_dir(p)
     p.set_defaults(func=_train)
 
     p = sub.add_parser("evaluate", help="evaluate a run's saved model on the test set")
@@ -162,29 +192,26 @@ def build_parser():
         default="model.keras",
         help="model file in RUN_DIR (default model.keras; or best.keras)",
     )
-    p.add_argument(
-        "--data-dir", metavar="DIR", help="directory with the four Fashion-MNIST .gz files"
-    )
+    _add_data_dir(p)
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser(
         "report", help="write RUN_DIR/report/ (curves, samples, metrics, index.html)"
     )
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--mc-samples", type=int, default=30, metavar="N", help=MC_HELP)
-    p.add_argument(
-        "--data-dir", metavar="DIR", help="directory with the four Fashion-MNIST .gz files"
-    )
+    p.add_argument("--mc-samples", type=at_least(1), default=30, metavar="N", help=MC_HELP)
+    _add_data_dir(p)
     p.set_defaults(func=_report)
 
     p = sub.add_parser(
         "compare", help="compare runs: overlaid curves, gap, verdicts, seed statistics"
     )
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("--mc-samples", type=int, default=30, metavar="N", help=MC_HELP)
+    p.add_argument("--mc-samples", type=at_least(1), default=30, metavar="N", help=MC_HELP)
     p.add_argument(
         "--output", default="runs/comparison", metavar="DIR", help="default runs/comparison"
     )
+    _add_data_dir(p)
     p.set_defaults(func=_compare)
 
     p = sub.add_parser(
@@ -197,9 +224,7 @@ def build_parser():
     p.add_argument("--output", default="runs/study", metavar="DIR", help="default runs/study")
     p.add_argument("--quick", action="store_true", help="a tiny grid that runs in a minute")
     p.add_argument("--docs", metavar="DIR", help="also copy summary.json and the figure here")
-    p.add_argument(
-        "--data-dir", metavar="DIR", help="directory with the four Fashion-MNIST .gz files"
-    )
+    _add_data_dir(p)
     p.set_defaults(func=_study)
 
     p = sub.add_parser(
@@ -218,7 +243,7 @@ def build_parser():
     p.add_argument("--top", type=int, default=3, help="classes to show per image (default 3)")
     p.add_argument(
         "--mc-samples",
-        type=int,
+        type=at_least(0),
         default=0,
         metavar="N",
         help="average N Monte Carlo dropout passes and report their uncertainty (models with "

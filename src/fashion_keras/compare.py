@@ -12,7 +12,7 @@ from scipy import stats
 
 from fashion_keras import files, plots
 from fashion_keras.errors import UserError
-from fashion_keras.report import _image, _table_html, run_uncertainty, write_page
+from fashion_keras.report import SHORT_NAMES, _image, _table_html, run_uncertainty, write_page
 from fashion_keras.rundir import load_run, load_run_model, read_json
 
 
@@ -98,22 +98,22 @@ def seed_statistics(summary):
     return per_variant, pd.DataFrame(rows)
 
 
-def load_uncertainty(run_dir, mc_samples=30):
+def load_uncertainty(run_dir, mc_samples=30, data_dir=None):
     """A finished run's uncertainty tables (`RUN_DIR/report/uncertainty.json`), computed
-    and saved first when the run has no report yet."""
+    and saved first when the run has no report yet or its report used other passes."""
     saved = read_json(Path(run_dir) / "report" / "uncertainty.json")
-    if saved is None:
-        model, x_test, y_test = load_run_model(run_dir)
+    if saved is None or saved["samples"] not in (0, mc_samples):
+        model, x_test, y_test = load_run_model(run_dir, data_dir)
         run_uncertainty(Path(run_dir), model, x_test, y_test, mc_samples)
         saved = read_json(Path(run_dir) / "report" / "uncertainty.json")
     return saved
 
 
-def uncertainty_tables(runs, mc_samples=30):
+def uncertainty_tables(runs, mc_samples=30, data_dir=None):
     """`(metrics, ood, coverage)` DataFrames of every run, one row per run and method."""
     metrics, ood, coverage = [], [], []
     for run in runs:
-        saved = load_uncertainty(run["run_dir"], mc_samples)
+        saved = load_uncertainty(run["run_dir"], mc_samples, data_dir)
         name = run["run_dir"].name
         metrics += [{"run": name, **row} for row in saved["metrics"]]
         ood += [{"run": name, **row} for row in saved["ood"]]
@@ -145,8 +145,11 @@ def headline(summary, difference):
     return f"<p>{html.escape(text)}</p>"
 
 
-def write_comparison(run_dirs, output, mc_samples=30):
-    """Writes the comparison of `run_dirs` into `output/` and returns its `index.html`."""
+def write_comparison(run_dirs, output, mc_samples=30, data_dir=None):
+    """Writes the comparison of `run_dirs` into `output/` and returns its `index.html`.
+
+    `data_dir` is where the data are (default: searched), for runs without a report yet.
+    """
     if len(run_dirs) < 2:
         raise UserError(f"compare needs at least two run directories. Received: {len(run_dirs)}")
     runs = [load_run(d) for d in run_dirs]
@@ -159,7 +162,9 @@ def write_comparison(run_dirs, output, mc_samples=30):
     if difference is not None:
         files.write_text(output / "difference.csv", difference.to_csv(index=False))
     finished = [run for run in runs if run["metrics"]]
-    metrics, ood, coverage = uncertainty_tables(finished, mc_samples)
+    if not finished:
+        raise UserError("none of these runs is finished (no metrics.json); finish one first")
+    metrics, ood, coverage = uncertainty_tables(finished, mc_samples, data_dir)
     files.write_text(output / "uncertainty.csv", metrics.to_csv())
     files.write_text(output / "ood.csv", ood.to_csv(index=False))
 
@@ -194,7 +199,7 @@ def write_comparison(run_dirs, output, mc_samples=30):
             "<p>Deterministic: the softmax of one pass; MC dropout: the mean of "
             f"{mc_samples} passes with only the Dropout layers active (networks with "
             "dropout only).</p>"
-            + _table_html(metrics)
+            + _table_html(metrics.rename(columns=SHORT_NAMES))
             + _image("coverage.png", "accuracy against coverage, every run"),
         ),
         (

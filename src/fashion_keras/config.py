@@ -28,7 +28,7 @@ class ConfigError(UserError):
 @dataclasses.dataclass
 class DataConfig:
     validation_size: int = 5000  # taken from the start of the official training file
-    train_limit: int | None = None  # class-balanced cap on training images
+    train_limit: int | None = None  # exactly this many training images, even over the classes
     eval_limit: int | None = None  # likewise for validation and test
 
 
@@ -212,6 +212,9 @@ def from_dict(values):
         # Files written by 0.1 name the data's directory; where the data live is now given
         # when training (--data-dir), not part of what makes a run.
         values["data"] = {k: v for k, v in values["data"].items() if k != "data_dir"}
+    training = values.get("training")
+    if isinstance(training, dict) and training.get("time_budget_s") is not None:
+        values["training"] = {"epochs": None, **training}  # a budget alone: no default epochs
     config = _build(Config, values)
     config.model.setdefault("variant", "baseline")
     _check_ranges(config)
@@ -317,6 +320,11 @@ def load_config(path=None, overrides=()):
             raise ConfigError(
                 f"config file {path}: YAML syntax error{at}: {getattr(e, 'problem', e)}"
             ) from None
+        if not isinstance(values, dict):
+            raise ConfigError(
+                f"config file {path}: expected sections such as training: and model:, "
+                f"found a YAML {type(values).__name__}"
+            )
     return from_dict(apply_overrides(values, overrides))
 
 

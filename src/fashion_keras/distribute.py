@@ -136,10 +136,11 @@ def worker_dir(run_dir):
 
 
 def strategy_name(strategy):
-    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return "MultiWorkerMirroredStrategy"
-    name = type(strategy).__name__
-    return "default (one device)" if name.startswith("_Default") else name
+    """The strategy's public name; TensorFlow's default strategy is "default (one device)"."""
+    for name in ("MultiWorkerMirroredStrategy", "MirroredStrategy", "OneDeviceStrategy"):
+        if isinstance(strategy, getattr(tf.distribute, name)):
+            return name
+    return "default (one device)"
 
 
 def describe_device():

@@ -38,12 +38,18 @@ def describe_cpu():
 
 
 def seconds_since_process_start():
-    """Wall seconds since this Python process started, imports included; None off Linux."""
+    """Wall seconds since this Python process started, imports included.
+
+    Read from /proc on Linux; elsewhere counted from this module's import, which misses the
+    interpreter's start-up (a second or two).
+    """
     try:
         stat = Path("/proc/self/stat").read_text()
         now = time.clock_gettime(time.CLOCK_BOOTTIME)  # the clock `starttime` counts on
     except (OSError, AttributeError):
-        return None
+        return round(time.monotonic() - _IMPORTED, 2)
     start_ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, `starttime`
-    age = now - start_ticks / os.sysconf("SC_CLK_TCK")
-    return round(age, 2) if age >= 0 else None
+    return round(max(now - start_ticks / os.sysconf("SC_CLK_TCK"), 0.0), 2)
+
+
+_IMPORTED = time.monotonic()

@@ -162,6 +162,18 @@ def write_page(path, title, sections):
     files.write_text(path, PAGE.format(title=html.escape(title), body=body))
 
 
+# Short column names for the uncertainty tables of the pages.
+SHORT_NAMES = {
+    "negative_log_likelihood": "NLL",
+    "brier_score": "Brier",
+    "expected_calibration_error": "ECE",
+    "error_auroc_entropy": "error AUROC (entropy)",
+    "error_auroc_mutual_information": "error AUROC (MI)",
+    "auroc_entropy": "AUROC (entropy)",
+    "auroc_mutual_information": "AUROC (MI)",
+}
+
+
 def uncertainty_sections(summary):
     """The page sections on how sure the model is (the figures must be in the same folder)."""
     note = (
@@ -170,12 +182,13 @@ def uncertainty_sections(summary):
         if summary["samples"]
         else "This network has no dropout: its uncertainty is the entropy of one softmax."
     )
+    ood = summary["ood"].set_index(["method", "dataset"]).rename(columns=SHORT_NAMES)
     return [
         (
             "How sure the model is",
             f"<p>{note} Lower is better for NLL, Brier score and ECE; an AUROC of 1 means "
             "every wrong prediction was less certain than every right one.</p>"
-            + _table_html(summary["metrics"])
+            + _table_html(summary["metrics"].rename(columns=SHORT_NAMES))
             + _image("reliability.png", "reliability diagram")
             + _image("entropy.png", "entropy of right and wrong predictions")
             + _image("coverage.png", "accuracy against coverage"),
@@ -183,9 +196,7 @@ def uncertainty_sections(summary):
         (
             "Out-of-distribution inputs",
             "<p>AUROC of telling each set from the test images by uncertainty (0.5: not at "
-            "all).</p>"
-            + _table_html(summary["ood"].set_index(["method", "dataset"]))
-            + _image("ood.png", "out-of-distribution AUROC"),
+            "all).</p>" + _table_html(ood) + _image("ood.png", "out-of-distribution AUROC"),
         ),
     ]
 

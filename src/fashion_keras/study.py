@@ -26,9 +26,10 @@ from fashion_keras import files
 from fashion_keras.config import load_config
 from fashion_keras.errors import UserError
 from fashion_keras.metrics import expected_calibration_error
+from fashion_keras.models import model_args
 from fashion_keras.rundir import load_run, load_run_model, read_json
 
-RATES = (0.25, 0.25, 0.4, 0.3)  # the dropout variant's, scaled by each strength
+RATES = tuple(model_args("dropout")["dropout_rates"])  # scaled by each strength
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,9 +40,9 @@ class Grid:
     eval_limit: int | None = None  # validation and test images (None: all)
 
 
-# Sized for about two hours on a 2-core CPU with bfloat16 (see README): 36 runs.
-DEFAULT = Grid(strengths=(0.0, 0.5, 1.0, 1.5), epochs={5000: 80, 15000: 40, 55000: 20},
-               seeds=(1, 2, 3))  # fmt: skip
+# 60 runs, sized for about two hours on a 2-core CPU with bfloat16 (see README).
+DEFAULT = Grid(strengths=(0.0, 0.5, 1.0, 1.5, 2.0), epochs={5000: 80, 15000: 40, 55000: 20},
+               seeds=(1, 2, 3, 4))  # fmt: skip
 QUICK = Grid(strengths=(0.0, 1.0), epochs={500: 3, 1000: 2}, seeds=(1, 2), eval_limit=500)
 
 
@@ -94,15 +95,18 @@ def run_study(output, grid=DEFAULT, data_dir=None):
     todo = [c for c in cells(grid) if not (Path(output) / c.name / "metrics.json").is_file()]
     total = len(cells(grid))
     print(f"Dropout study in {output}: {total - len(todo)} of {total} runs done", flush=True)
-    started = time.perf_counter()
-    for i, cell in enumerate(todo, start=1):
-        print(f"[{total - len(todo) + i}/{total}] {cell.name} ...", flush=True)
+    # Time left, from the images trained so far: runs on more data take longer.
+    work = [cell.train_size * grid.epochs[cell.train_size] for cell in todo]
+    started, done = time.perf_counter(), 0
+    for i, cell in enumerate(todo):
+        print(f"[{total - len(todo) + i + 1}/{total}] {cell.name} ...", flush=True)
         result = train(cell_config(cell, grid), Path(output) / cell.name, data_dir, verbose=0)
         keras.backend.clear_session()  # one process trains them all: free each graph
-        per_cell = (time.perf_counter() - started) / i
+        # A resumed cell trained only the epochs after its backup.
+        done += cell.train_size * (result.metrics["epochs"] - result.metrics["resumed_from_epoch"])
+        left = sum(work[i + 1 :]) * (time.perf_counter() - started) / max(done, 1) / 60
         print(
-            f"    test accuracy {result.metrics['test_accuracy']:.4f}; about "
-            f"{(len(todo) - i) * per_cell / 60:.0f} min left",
+            f"    test accuracy {result.metrics['test_accuracy']:.4f}; about {left:.0f} min left",
             flush=True,
         )
     return len(todo)
@@ -171,6 +175,17 @@ def best_strengths(summary):
     return pd.DataFrame(rows)
 
 
+def paired_gain(table, strength):
+    """The mean test-accuracy gain of `strength` over no dropout, paired by seed, and its 95%
+    t half-width (NaN with one seed)."""
+    accuracy = table.pivot_table(index="seed", columns="strength", values="test_accuracy")
+    gains = (accuracy[strength] - accuracy[0.0]).dropna().to_numpy()
+    if len(gains) < 2:
+        return float(gains.mean()), np.nan
+    half = stats.t.ppf(0.975, len(gains) - 1) * gains.std(ddof=1) / np.sqrt(len(gains))
+    return float(gains.mean()), float(half)
+
+
 def conclusions(table, summary):
     """The grid's answers in plain words, computed from the numbers (never written by hand)."""
     lines = []
@@ -179,21 +194,23 @@ def conclusions(table, summary):
         best = group.loc[group["test_accuracy"].idxmax()]
         overfit = table[(table["train_size"] == size) & (table["strength"] == 0)]["overfits"]
         text = f"With {size:,} training images, "
-        if best["strength"] == 0 or none is None:
+        if none is None:
+            text += f"dropout x{best['strength']:g} did best (no run without dropout)"
+        elif best["strength"] == 0:
             text += "no dropout did best on test accuracy"
         else:
-            gain = 100 * (best["test_accuracy"] - none["test_accuracy"])
-            sure = (
-                "more than"
-                if gain / 100 > best["test_accuracy_ci95"] + none["test_accuracy_ci95"]
-                else "within"
-            )
+            gain, half = paired_gain(table[table["train_size"] == size], best["strength"])
+            if np.isnan(half):
+                sure = f"{100 * gain:+.2f} points, one seed"
+            else:
+                noise = "more than" if gain > half else "within"
+                sure = f"{100 * gain:+.2f} ± {100 * half:.2f} points, {noise} the seeds' noise"
             text += (
                 f"dropout x{best['strength']:g} did best: test accuracy "
                 f"{best['test_accuracy']:.4f} against {none['test_accuracy']:.4f} without "
-                f"({gain:+.2f} points, {sure} the seeds' spread), test loss "
-                f"{best['test_loss']:.3f} against {none['test_loss']:.3f}, calibration error "
-                f"{best['ece']:.3f} against {none['ece']:.3f}"
+                f"({sure}), "
+                f"test loss {best['test_loss']:.3f} against {none['test_loss']:.3f}, "
+                f"calibration error {best['ece']:.3f} against {none['ece']:.3f}"
             )
         if len(overfit):
             text += (
@@ -201,20 +218,41 @@ def conclusions(table, summary):
                 f"of {len(overfit)} runs"
             )
         lines.append(text + ".")
-    gains = []
-    for size, group in summary.groupby("train_size"):
-        none = group[group["strength"] == 0]
-        if len(none):
-            gains.append((size, group["test_accuracy"].max() - none["test_accuracy"].iloc[0]))
-    if len(gains) > 1:
-        smallest, largest = gains[0], gains[-1]
-        trend = "more" if smallest[1] > largest[1] else "less"
-        lines.append(
-            f"Dropout helps {trend} the less data there is: the best strength gains "
-            f"{100 * smallest[1]:+.2f} points at {smallest[0]:,} images and "
-            f"{100 * largest[1]:+.2f} at {largest[0]:,}."
-        )
+    if summary[summary["strength"] == 0]["train_size"].nunique() > 1:
+        lines.append(trend(summary))
     return lines
+
+
+def trend(summary):
+    """How the best strength's gains over no dropout change with the data size, in words."""
+    sizes, accuracy, loss = [], [], []
+    for size, group in summary.groupby("train_size"):
+        if not (group["strength"] == 0).any():
+            continue
+        none = group[group["strength"] == 0].iloc[0]
+        sizes.append(f"{size:,}")
+        accuracy.append(f"{100 * (group['test_accuracy'].max() - none['test_accuracy']):+.2f}")
+        loss.append(1 - group["test_loss"].min() / none["test_loss"])
+
+    def order(values):
+        if all(a > b for a, b in zip(values, values[1:], strict=False)):
+            return "larger the less data there is"
+        if all(a < b for a, b in zip(values, values[1:], strict=False)):
+            return "larger the more data there is"
+        return "in no steady order by data size"
+
+    cuts = ", ".join(f"{100 * c:.0f}%" for c in loss)
+    return (
+        f"Across {', '.join(sizes)} images: the best strength gains {', '.join(accuracy)} "
+        f"points of test accuracy and cuts the test loss by {cuts}: a cut {order(loss)}."
+    )
+
+
+BEST_COLUMNS = {
+    "best_strength_accuracy": "strength: best accuracy",
+    "test_accuracy": "its test accuracy",
+    "best_strength_loss": "strength: lowest loss",
+}
 
 
 def write_study(output, grid=DEFAULT, data_dir=None, docs=None):
@@ -256,13 +294,18 @@ def write_study(output, grid=DEFAULT, data_dir=None, docs=None):
         [
             (
                 "Conclusions",
-                "<ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in words) + "</ul>",
+                "<ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in words) + "</ul>"
+                "<p>±: the 95% t interval of the gain in test accuracy over the seeds, each "
+                "seed's run compared with the same seed's run without dropout.</p>",
             ),
             (
                 "Test accuracy, loss and calibration against dropout strength",
                 _image("study.png", "metrics against dropout strength"),
             ),  # fmt: skip
-            ("Best strength per data size", _table_html(best.set_index("train_size"))),
+            (
+                "Best strength per data size",
+                _table_html(best.set_index("train_size").rename(columns=BEST_COLUMNS)),
+            ),
             ("Mean over seeds, with 95% confidence half-widths", _table_html(summary)),
             ("Every run", _table_html(table.set_index(["train_size", "strength", "seed"]))),
         ],

@@ -205,8 +205,11 @@ def prepare_run_dir(config, output):
             f"{run_dir} holds an unfinished run with a different config or network; resume it "
             f"with its own: --config {saved} --output {run_dir}, or choose another --output"
         )
-    for stale in run_dir.rglob(".*.part*"):  # temporaries of a killed run; never complete
-        stale.unlink()
+    for stale in list(run_dir.rglob(".*.part*")):  # temporaries of a killed run, never complete
+        if stale.is_dir():
+            shutil.rmtree(stale)
+        else:
+            stale.unlink(missing_ok=True)
     try:
         files.check_writable(run_dir)
     except files.WriteError as e:
@@ -308,6 +311,7 @@ def make_callbacks(setup, steps, first_epoch, state):
     if t.lr_schedule != "constant":
         schedule = [cb.AnnealLearningRate(t.learning_rate, t.epochs * steps, steps, t.lr_schedule)]
     return [
+        keras.callbacks.TerminateOnNaN(),  # a diverged run stops; evaluate() says so
         *schedule,
         cb.EpochTimer(),
         cb.HistoryCSV(run_dir / "history.csv"),
@@ -381,8 +385,16 @@ def evaluate(setup, model, test):
     """Test loss and accuracy of the epoch the run keeps: `(epoch, (loss, accuracy))`.
 
     With early stopping that is the best epoch (from `best.keras`), else the last one.
+    Raises RunError if the training loss became NaN or infinite.
     """
     history = rundir.read_history(setup.run_dir / "history.csv")
+    for row in history:
+        if not math.isfinite(row["loss"]):
+            raise RunError(
+                f"training diverged: the loss became {row['loss']} in epoch {row['epoch']}; "
+                "train into a new directory with a lower training.learning_rate (it was "
+                f"{setup.config.training.learning_rate:g})"
+            )
     epoch = history[-1]["epoch"]
     with setup.strategy.scope():
         if setup.config.training.early_stopping_patience:

@@ -1,4 +1,4 @@
-"""How sure is the model? Monte Carlo dropout, uncertainty metrics and out-of-distribution sets.
+"""How sure is the model? Monte Carlo dropout and out-of-distribution inputs.
 
 `mc_predict(model, x)` averages the softmax of many forward passes in which only the Dropout
 layers are active (Gal & Ghahramani 2016, "Dropout as a Bayesian approximation"); batch
@@ -6,10 +6,9 @@ normalisation, augmentation layers and the test-time mirror keep their inference
 `deterministic_predict` gives the same structure for one ordinary pass, so a model without
 dropout gets the same metrics from its softmax alone.
 
-The metrics take numpy probabilities and return floats or DataFrames; `ood_sets` makes
-out-of-distribution images without a download; `uncertainty_summary` computes everything a
-run report needs for one model, and the plot functions draw it. Like the report's, they return
-a matplotlib `Figure` and save it only when given a path.
+`ood_sets` makes out-of-distribution images without a download; `uncertainty_summary`
+computes everything a run report needs for one model, with the scores of
+`fashion_keras.metrics`; `fashion_keras.plots` draws it.
 """
 
 import dataclasses
