@@ -178,7 +178,10 @@ def test_predict_top_out_of_range_is_one_line(top, tmp_path):
     "args, message",
     [
         (["report", "RUN", "--mc-samples", "0"], "expected a whole number >= 1, got '0'"),
-        (["predict", "--model", "m.keras", "x.npy", "--mc-samples", "-1"], ">= 0, got '-1'"),
+        (
+            ["predict", "--model", "m.keras", "x.npy", "--mc-samples", "-1"],
+            "expected a whole number >= 0, got '-1'",
+        ),
     ],
 )
 def test_mc_samples_are_checked_before_anything_runs(args, message):

@@ -122,6 +122,8 @@ def test_file_errors(tmp_path):
     bad.write_text("training:\n  epochs: [1\n")
     with pytest.raises(ConfigError, match=r"YAML syntax error at line \d+, column \d+"):
         load_config(bad)
+    # YAML 1.1 reads 1e-3 as a string; a float key takes it as the number it spells.
+    assert load_config(None, ["training.learning_rate=1e-3"]).training.learning_rate == 0.001
     bad.write_text("- training\n- model\n")
     with pytest.raises(ConfigError, match="expected sections such as training:.*found a YAML list"):
         load_config(bad)

@@ -11,6 +11,7 @@ A config is a YAML file or the name of a preset shipped with the package
 import dataclasses
 import difflib
 import importlib.resources
+import math
 import types
 import typing
 from pathlib import Path
@@ -87,6 +88,15 @@ def _type_name(hint):
     return {type(None): "null"}.get(hint, getattr(hint, "__name__", str(hint)))
 
 
+def _number(text):
+    """`text` as a finite float if it spells one, else `text` unchanged."""
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return number if math.isfinite(number) else text
+
+
 def _coerce(key, value, hint):
     """Checks `value` against the type `hint`; returns it (ints are accepted as floats)."""
     if typing.get_origin(hint) in _UNIONS:
@@ -94,6 +104,8 @@ def _coerce(key, value, hint):
             if arg is type(None) and value is None:
                 return None
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    if hint is float and isinstance(value, str):
+        value = _number(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
     ok = (
         (hint is bool and isinstance(value, bool))
         or (hint is int and isinstance(value, int) and not isinstance(value, bool))
