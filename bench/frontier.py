@@ -387,8 +387,8 @@ def main(argv=None):
     }
     print_table(report["frontier"], [CONTENDERS[key] for key in args.contenders])
     files.write_text(args.json, json.dumps(report, indent=2) + "\n")
-    with files.atomic_path(args.plot) as tmp:
-        plot_frontier(report).savefig(tmp, dpi=120, format="png")
+    with files.atomic_path(args.plot) as part:
+        plot_frontier(report).savefig(part, dpi=120, format="png")
     print(f"\nwrote {args.json} and {args.plot}")
     return 0
 

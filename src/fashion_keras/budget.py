@@ -132,7 +132,8 @@ def _time_steps(model, x, y, global_batch, config):
 
     full = min(WARMUP_STEPS, len(x) // global_batch)
     n = full * global_batch + len(x) % global_batch
-    callbacks = [_BatchClock()]
+    clock = _BatchClock()
+    callbacks = [clock]
     t = config.training
     if t.lr_schedule != "constant":  # its per-batch cost, not its rates
         callbacks.append(AnnealLearningRate(t.learning_rate, 10**9, 10**9))
@@ -143,7 +144,7 @@ def _time_steps(model, x, y, global_batch, config):
         verbose=0,
         callbacks=callbacks,
     )
-    ends = [callbacks[0].started, *callbacks[0].ends]
+    ends = [clock.started, *clock.ends]
     durations = np.diff(ends[min(TRACE_STEPS, max(full - 2, 0)) : max(full, 1) + 1])
     # The mean, not the median: an epoch's time is the sum of its steps, slow ones included.
     return float(np.mean(durations))

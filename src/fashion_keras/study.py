@@ -178,12 +178,14 @@ def best_strengths(summary):
 def paired_gain(table, strength):
     """The mean test-accuracy gain of `strength` over no dropout, paired by seed, and its 95%
     t half-width (NaN with one seed)."""
+    from fashion_keras.compare import _interval
+
     accuracy = table.pivot_table(index="seed", columns="strength", values="test_accuracy")
-    gains = (accuracy[strength] - accuracy[0.0]).dropna().to_numpy()
-    if len(gains) < 2:
-        return float(gains.mean()), np.nan
-    half = stats.t.ppf(0.975, len(gains) - 1) * gains.std(ddof=1) / np.sqrt(len(gains))
-    return float(gains.mean()), float(half)
+    pairs = accuracy[[strength, 0.0]].dropna()
+    if len(pairs) < 2:
+        return float((pairs[strength] - pairs[0.0]).mean()), np.nan
+    gain, low, high = _interval(pairs[strength], pairs[0.0], paired=True)
+    return float(gain), (high - low) / 2
 
 
 def conclusions(table, summary):
