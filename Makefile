@@ -13,11 +13,13 @@ SEEDS  ?= 1 2 3
 # make compare trains each variant once per seed on this subset.
 COMPARE_SETS ?= --set data.train_limit=10000 --set training.epochs=15
 # The lowest versions pyproject.toml admits; `make test-oldest` proves they work.
-OLDEST ?= "tensorflow==2.16.1" "keras==3.9.0" "tensorboard==2.16.2"
+OLDEST ?= "tensorflow==2.16.1" "keras==3.9.0" "tensorboard==2.16.2" "numpy==1.26.0" \
+	"scipy==1.11.1" "pandas==2.1.0"
 OLDEST_VENV ?= .venv-oldest
 
 .PHONY: help install data browser bench frontier study notebook train-baseline train-dropout \
-	train-fast train-improved _train report compare test test-fast test-oldest lint format clean
+	train-fast train-improved _train report compare test test-fast test-oldest test-crash lint \
+	format clean
 
 help: ## show this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -82,18 +84,23 @@ browser: ## install headless Chromium for the page tests (Debian, as root)
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  apt-get update -q && apt-get install -y -q chromium; } || echo "chromium unavailable: page tests will skip"
 
-test: data browser ## run the whole test suite, as CI does (real data; trains small models)
-	$(BIN)/pytest -q
+test: data browser ## run the test suite, as CI does (real data; trains small models; ~12 min)
+	$(BIN)/pytest -q -m "not crash"
 
 test-fast: data ## the unit tier for the edit loop: no training subprocess, about a minute
 	$(BIN)/pytest -q -m "not slow"
 
-test-oldest: data ## the unit tier on the lowest tensorflow and keras pyproject.toml admits
+test-crash: data ## kill a run at every durable moment and fail every write; CI runs it (~25 min)
+	$(BIN)/pytest -q -m crash
+
+test-oldest: data ## the unit tier and the resume/kill tier on the lowest versions pyproject.toml admits
 	@[ -x $(OLDEST_VENV)/bin/python ] || $(PYTHON) -m venv $(OLDEST_VENV)
 	$(OLDEST_VENV)/bin/pip install -q --upgrade pip
 	$(OLDEST_VENV)/bin/pip install -q -e ".[dev]" $(OLDEST)
 	$(OLDEST_VENV)/bin/python -c "import keras, tensorflow as tf; print('tensorflow', tf.__version__, 'keras', keras.__version__)"
-	$(OLDEST_VENV)/bin/pytest -q -m "not slow" -p no:cacheprovider
+	$(OLDEST_VENV)/bin/python -c "import numpy, scipy, pandas; print('numpy', numpy.__version__, 'scipy', scipy.__version__, 'pandas', pandas.__version__)"
+	$(OLDEST_VENV)/bin/pytest -q -p no:cacheprovider -m "not slow"
+	$(OLDEST_VENV)/bin/pytest -q -p no:cacheprovider -m "not crash" tests/test_resume.py tests/test_crash.py
 
 # The PyTorch contender runs where torch is installed: pip install -e ".[bench]".
 bench: data ## throughput, and 5-epoch accuracy over 3 seeds: naive Keras vs this project vs PyTorch

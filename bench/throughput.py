@@ -32,8 +32,9 @@ import tensorflow as tf  # noqa: E402
 
 from fashion_keras import data, files  # noqa: E402
 from fashion_keras.config import load_config  # noqa: E402
+from fashion_keras.data import make_dataset  # noqa: E402
 from fashion_keras.distribute import describe_device  # noqa: E402
-from fashion_keras.train import compile_model, make_dataset, resolve_precision, train  # noqa: E402
+from fashion_keras.train import compile_model, resolve_precision, train  # noqa: E402
 
 from contenders import keras_tutorial_model, torch_tutorial_net  # noqa: E402
 

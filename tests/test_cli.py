@@ -94,8 +94,8 @@ def test_train_one_epoch_writes_a_complete_run_directory(variant, tmp_path):
     assert metrics["train_size"] == 1000 and metrics["test_size"] == 500
     # One epoch on 1,000 images: well above chance (0.1), nowhere near converged.
     assert 0.15 < metrics["test_accuracy"] <= 1 and metrics["best_epoch"] == 1
-    # From process start: the TensorFlow import and the run itself, at most the test's age.
-    assert metrics["wall_time_s"] < metrics["process_wall_time_s"] < time.time() - started
+    # The command counts from process start: the TensorFlow import and the run itself.
+    assert metrics["wall_time_s"] <= metrics["process_wall_time_s"] < time.time() - started
     for key in (
         "test_loss",
         "best_val_loss",
@@ -124,7 +124,7 @@ def test_unwritable_output_is_reported_before_training(tmp_path):
     blocker.write_text("not a directory")
     result = run_cli("train", "--config", CONFIGS / "baseline.yaml", "--output", blocker / "run")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "cannot write to" in result.stderr or "is a file" in result.stderr, result.stderr[-500:]
+    assert "cannot create the run directory" in result.stderr, result.stderr[-500:]
 
 
 @pytest.fixture

@@ -59,6 +59,8 @@ def test_overrides_are_typed_and_nested():
             "unknown config key 'training.epoch' (did you mean training.epochs?)",
         ),
         ({"training": {"epochs": "ten"}}, "training.epochs: expected int, got str 'ten'"),
+        ({"seed": -1}, "seed must be a whole number from 0 to 4294967295 (2**32 - 1). Received: "),
+        ({"seed": 2**32}, "seed must be a whole number from 0 to 4294967295"),
         ({"training": {"epochs": 2.5}}, "training.epochs: expected int"),
         ({"training": {"deterministic": "yes"}}, "training.deterministic: expected bool"),
         (

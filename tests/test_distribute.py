@@ -1,16 +1,15 @@
 """MirroredStrategy over two logical CPU devices: the real tf.distribute path, without GPUs."""
 
-import hashlib
 import json
 import os
 import socket
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
+
+from fashion_keras import distribute
 
 from conftest import CONFIGS, ROOT, run_cli
 
@@ -127,12 +126,13 @@ def test_two_workers_train_as_one_job(tmp_path):
     )  # the non-chief worker wrote nothing here
 
 
-def test_killed_worker_then_restarted_job_resumes(tmp_path):
+def test_killed_worker_then_restarted_job_resumes(tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
     processes = _start_workers(run_dir, _free_ports(2), epochs=3)
     # The second worker's private backup (where distribute.worker_dir puts it).
-    key = hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:12]
-    worker_backup = Path(tempfile.gettempdir()) / f"fashion-keras-{key}-worker1" / "backup"
+    with monkeypatch.context() as patch:
+        patch.setenv("TF_CONFIG", json.dumps({"task": {"type": "worker", "index": 1}}))
+        worker_backup = distribute.worker_dir(run_dir) / "backup"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and not (worker_backup / "state.json").exists():
         time.sleep(0.02)

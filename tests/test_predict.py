@@ -152,3 +152,23 @@ def test_monte_carlo_dropout_on_a_network_without_dropout_is_one_line(tmp_path, 
     assert result.returncode == 2
     [line] = result.stderr.splitlines()[-1:]
     assert "has no Dropout layer" in line and line.startswith("fashion-keras: error:")
+
+
+def test_monte_carlo_dropout_clones_the_model_once_per_call(tmp_path, monkeypatch):
+    from fashion_keras import build_cnn, uncertainty
+
+    clones = []
+    original = uncertainty.mc_dropout_model
+    monkeypatch.setattr(
+        uncertainty, "mc_dropout_model", lambda *a, **k: clones.append(1) or original(*a, **k)
+    )
+    model = build_cnn(filters=(4,), units=8, dropout_rates=(0.5, 0.5))
+    paths = [tmp_path / f"{i}.npy" for i in range(3)]
+    for path in paths:
+        np.save(path, np.random.default_rng(0).random((2, 28, 28)).astype("float32"))
+    results = predict_files(model, paths, mc_samples=2, seed=0)
+    assert len(results) == 6 and all(r["mutual_information"] >= 0 for r in results)
+    assert len(clones) == 1  # one sampler for the three files
+    # The masks run on from file to file: the same images get other passes.
+    assert results[0]["entropy"] != results[2]["entropy"]
+    assert results == predict_files(model, paths, mc_samples=2, seed=0)

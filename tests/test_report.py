@@ -4,11 +4,13 @@ import shutil
 import subprocess
 
 import matplotlib.figure
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
 
-from fashion_keras import compare, metrics, plots, report
+from fashion_keras import build_model, compare, metrics, plots, report, uncertainty
+from fashion_keras.config import dump_config, load_config
 
 from conftest import CONFIGS, SMOKE, run_cli
 
@@ -235,3 +237,85 @@ def test_report_and_comparison_pages(runs, tmp_path):
 def test_compare_needs_two_runs(tmp_path):
     result = run_cli("compare", tmp_path)
     assert result.returncode == 2 and "at least two run directories" in result.stderr
+
+
+FINISHED = {
+    "test_accuracy": 0.1, "test_loss": 2.3, "epochs": 2, "best_epoch": 2, "best_val_loss": 2.3,
+    "fit_time_s": 1.0, "seconds_per_epoch": 0.5, "train_images_per_s": 80.0,
+    "device": "CPU", "precision": "float32", "strategy": "default",
+    "train_size": 40, "val_size": 20, "test_size": 20,
+}  # fmt: skip
+
+
+@pytest.fixture
+def finished_runs(tmp_path, small_dataset):
+    """A finished run directory of each variant on the tiny data set (untrained models:
+    these tests are about what reading a run does, not about what it learned)."""
+    for variant in ("baseline", "dropout"):
+        run_dir = tmp_path / "runs" / variant
+        run_dir.mkdir(parents=True)
+        config = load_config(variant, ["data.validation_size=20", "training.epochs=2"])
+        (run_dir / "config.yaml").write_text(dump_config(config))
+        _history([2.4, 2.3]).to_csv(run_dir / "history.csv", index=False)
+        (run_dir / "metrics.json").write_text(json.dumps(FINISHED))
+        build_model(variant).save(run_dir / "model.keras")
+    return tmp_path / "runs"
+
+
+def _snapshot(*directories):
+    """Every path under `directories` (themselves included) with its mtime and size."""
+    return {
+        path: (path.stat().st_mtime_ns, path.stat().st_size)
+        for directory in directories
+        for path in [directory, *directory.rglob("*")]
+    }
+
+
+def test_report_predicts_the_test_set_once_and_closes_only_its_figures(
+    finished_runs, small_dataset, monkeypatch
+):
+    passes = []
+    original = uncertainty.deterministic_predict
+    monkeypatch.setattr(
+        uncertainty,
+        "deterministic_predict",
+        lambda model, x, *a, **k: passes.append(len(x)) or original(model, x, *a, **k),
+    )
+    open_before = set(plt.get_fignums())
+    mine = plt.figure()  # a notebook's own figure
+    try:
+        report.write_report(finished_runs / "dropout", data_dir=small_dataset, mc_samples=2)
+        assert set(plt.get_fignums()) == open_before | {mine.number}
+    finally:
+        plt.close(mine)
+    # One deterministic pass: the 20 test images and the out-of-distribution sets together.
+    assert len(passes) == 1 and passes[0] > 20
+    out = finished_runs / "dropout" / "report"
+    saved = json.loads((out / "uncertainty.json").read_text())
+    assert saved["samples"] == 2
+    deterministic = {row["method"]: row for row in saved["metrics"]}["deterministic"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["expected_calibration_error"] == deterministic["expected_calibration_error"]
+
+
+def test_compare_writes_nothing_into_the_runs_it_reads(finished_runs, small_dataset, tmp_path):
+    runs = [finished_runs / "baseline", finished_runs / "dropout"]
+    # A report of other passes than asked for: not reused, and not replaced either.
+    (runs[1] / "report").mkdir()
+    (runs[1] / "report" / "uncertainty.json").write_text('{"samples": 99}')
+    before = _snapshot(*runs)
+    open_before = set(plt.get_fignums())
+    mine = plt.figure()
+    try:
+        page = compare.write_comparison(
+            runs, tmp_path / "cmp", mc_samples=2, data_dir=small_dataset
+        )
+        assert set(plt.get_fignums()) == open_before | {mine.number}
+    finally:
+        plt.close(mine)
+    assert _snapshot(*runs) == before
+    assert "the mean of 2 passes" in page.read_text()
+    side_by_side = pd.read_csv(tmp_path / "cmp" / "uncertainty.csv")
+    assert list(zip(side_by_side["run"], side_by_side["method"], strict=True)) == [
+        ("baseline", "deterministic"), ("dropout", "deterministic"), ("dropout", "mc_dropout")
+    ]  # fmt: skip

@@ -2,7 +2,8 @@
 
 Each test proves a resume, not only a correct end: the rerun must say where it resumed
 (`resumed_from_epoch`) and must itself train only the epochs that were missing (its own
-log), so a from-scratch rerun fails them.
+log), so a from-scratch rerun fails them. A kill at each durable moment of a run with every
+kind of state is tests/test_crash.py's; these cover a kill mid-epoch, Ctrl-C and SIGTERM.
 """
 
 import json
@@ -104,25 +105,6 @@ def assert_resumed(run_dir, rerun, resumed_from, reference):
     assert metrics == reference[1]
 
 
-@pytest.mark.parametrize(
-    "target, nth, resumed_from",
-    [
-        ("*.weights.h5", 2, 1),  # while writing the backup after epoch 2: epoch 1's is whole
-        ("state.json", 1, 0),  # epoch 1's backup files written, state.json not yet: no backup
-        ("best.keras", 2, 1),  # while writing the best checkpoint of epoch 2
-        ("state.json", 3, 2),  # after epoch 3's history row, before its backup is complete
-        ("model.keras", 1, 3),  # training done, final model being written
-        ("metrics.json", 1, 3),  # everything written but the file that marks the run complete
-    ],
-    ids=lambda v: str(v),
-)
-def test_sigkill_while_writing_then_rerun_resumes(reference, tmp_path, target, nth, resumed_from):
-    run_dir = tmp_path / "run"
-    kill_while_writing(run_dir, target, nth)
-    assert max(read_backup(run_dir / "backup"), default=0) == resumed_from
-    assert_resumed(run_dir, run_cli(*train_args(run_dir)), resumed_from, reference)
-
-
 # Runs the CLI with one more callback that pauses for a minute after the third batch of the
 # second epoch: a signal sent after epoch 1's backup always finds the run mid-epoch, on any
 # machine, however fast.
@@ -171,12 +153,13 @@ def test_sigkill_mid_epoch_then_rerun_resumes(reference, tmp_path, extra_wait):
     assert_resumed(run_dir, run_cli(*train_args(run_dir)), backed_up, reference)
 
 
-def test_ctrl_c_stops_cleanly_and_says_how_to_resume(reference, tmp_path):
+@pytest.mark.parametrize("sent, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_or_kill_stops_cleanly_and_says_how_to_resume(reference, tmp_path, sent, status):
     run_dir = tmp_path / "run"
     process = _start_and_wait_for_backup(run_dir, 1, 0.2)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(sent)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr[-2000:]
+    assert process.returncode == status, stderr[-2000:]  # 128 + the signal's number
     assert "to resume" in stderr and "Traceback" not in stderr
     backed_up = max(read_backup(run_dir / "backup"), default=0)
     assert backed_up == 1

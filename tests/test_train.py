@@ -10,8 +10,9 @@ import yaml
 from fashion_keras import build_cnn
 from fashion_keras import train as train_module
 from fashion_keras.config import load_config
+from fashion_keras.data import make_dataset
 from fashion_keras.rundir import RunError, evaluate_run
-from fashion_keras.train import compile_model, make_dataset, prepare_run_dir, train
+from fashion_keras.train import compile_model, open_run_dir, train
 
 from conftest import SMOKE
 
@@ -91,8 +92,9 @@ def test_improved_preset_trains_saves_and_reloads(tmp_path):
 
 
 def test_run_config_spells_out_the_network_and_guards_resumes(tmp_path):
-    config = load_config("improved")
-    run_dir, _ = prepare_run_dir(config, tmp_path / "run")
+    config = load_config("improved", ["training.epochs=30", "training.time_budget_s=null"])
+    run_dir = tmp_path / "run"
+    open_run_dir(config, run_dir)
     saved_path = run_dir / "config.yaml"
     saved = yaml.safe_load(saved_path.read_text())
     assert saved["model"]["downsample"] == "strides"
@@ -100,28 +102,28 @@ def test_run_config_spells_out_the_network_and_guards_resumes(tmp_path):
     assert saved["model"]["units"] == 512  # the preset's (variant: 128)
     assert saved["model"]["test_time_flip"] is True  # the variant's
     # The same config resumes, and so does the run's own file.
-    assert prepare_run_dir(config, run_dir)[0] == run_dir
-    assert prepare_run_dir(load_config(saved_path), run_dir)[0] == run_dir
+    assert open_run_dir(config, run_dir) == config
+    assert open_run_dir(load_config(saved_path), run_dir)
 
     # A run started while the variant still max-pooled must not resume with strides...
     saved["model"]["downsample"] = "max_pool"
     saved_path.write_text(yaml.safe_dump(saved, sort_keys=False))
     before = saved_path.read_text()
     with pytest.raises(RunError, match=re.escape(f"--config {saved_path} --output {run_dir}")):
-        prepare_run_dir(config, run_dir)
+        open_run_dir(config, run_dir)
     assert saved_path.read_text() == before
     # ...but resumes from its own config, network and all.
-    assert prepare_run_dir(load_config(saved_path), run_dir)[0] == run_dir
+    assert open_run_dir(load_config(saved_path), run_dir)
     assert yaml.safe_load(saved_path.read_text())["model"]["downsample"] == "max_pool"
 
     # A file from before the model section was spelled out resolves with today's variant.
     saved_path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    assert prepare_run_dir(config, run_dir)[0] == run_dir
+    assert open_run_dir(config, run_dir) == config
     # A file from 0.1 names the data's directory, which is not part of the run any more.
     old = config.to_dict()
     old["data"]["data_dir"] = None
     saved_path.write_text(yaml.safe_dump(old, sort_keys=False))
-    assert prepare_run_dir(config, run_dir)[0] == run_dir
+    assert open_run_dir(config, run_dir) == config
 
 
 def test_compile_model_leaves_the_global_dtype_policy_alone():
@@ -174,3 +176,31 @@ def test_tensorboard_writes_what_keras_writes(tmp_path):
         written.append(_summaries(log_dir))
     assert {("train", "epoch_loss"), ("validation", "epoch_accuracy")} <= written[0]
     assert written[1] == written[0]
+
+
+def test_the_best_checkpoint_is_published_only_once_its_epoch_is_committed(tmp_path):
+    from fashion_keras.callbacks import BestCheckpoint
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    best = tmp_path / "best.keras"
+    checkpoint = BestCheckpoint(best, tmp_path / "backup")
+    checkpoint.set_model(model)
+    checkpoint.set_state(None)
+    checkpoint.on_train_begin()
+    checkpoint.on_epoch_end(0, {"val_loss": 1.0})
+    # Saved as a candidate of epoch 1, not yet where a reader (or evaluate()) would look.
+    assert not best.exists() and (tmp_path / "backup" / "epoch-0001.best.keras").is_file()
+    assert checkpoint.get_state() == {"best": 1.0, "file": "epoch-0001.best.keras"}
+    checkpoint.on_commit(0)
+    assert best.read_bytes() == (tmp_path / "backup" / "epoch-0001.best.keras").read_bytes()
+    checkpoint.on_epoch_end(1, {"val_loss": 2.0})  # no better: nothing new
+    assert checkpoint.get_state()["file"] == "epoch-0001.best.keras"
+
+    # A rerun after a kill between the commit and the copy publishes the committed best.
+    best.unlink()
+    resumed = BestCheckpoint(best, tmp_path / "backup")
+    resumed.set_state({"best": 1.0, "file": "epoch-0001.best.keras"})
+    assert best.is_file()
+    resumed.set_model(model)
+    resumed.on_train_begin()
+    assert resumed.get_state() == {"best": 1.0, "file": "epoch-0001.best.keras"}

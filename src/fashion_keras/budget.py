@@ -6,21 +6,28 @@ model back exactly as it was, and fixes how many epochs fit between now and the 
 leaving room for the test evaluation and the final writes. The learning rate then anneals
 to zero over exactly that horizon (`training.lr_schedule`: budget-aware schedules, Li,
 Yumer & Ramanan, "Budgeted Training", ICLR 2020). The decision is a plain epoch count, so
-the run it produced can be repeated with `--config RUN/config.yaml`.
+the run it produced can be repeated with `--config RUN/config.yaml`. A budget that cannot
+fit one epoch is refused before training.
+
+The budget counts what the caller's clock counts: from the call of `train()` in Python, and
+from process start on the command line.
 """
 
 import dataclasses
 import math
-import tempfile
 import time
+from pathlib import Path
 
 import keras
 import numpy as np
 
+from fashion_keras import files
 from fashion_keras.callbacks import AnnealLearningRate
+from fashion_keras.data import make_dataset
+from fashion_keras.rundir import RunError
 
 WARMUP_STEPS = 40  # timed training batches (the first few, which trace, are not counted)
-TRACE_STEPS = 3
+TRACE_CALLS = 3  # the first calls of the training function trace it: not timed
 SAFETY = 0.97  # plan for this share of the time left: epochs vary by a few percent here
 EXIT_S = 1.0  # after the test result: metrics, printing and the process's exit
 
@@ -33,8 +40,8 @@ class Plan:
     validation_s: float  # one pass over the validation set, measured
     writes_s: float  # the checkpoint and backup an epoch writes, measured
     seconds_per_epoch: float  # all of the above for one epoch
-    planned_at_s: float  # seconds since process start when the plan was made
-    expected_end_s: float  # when the test result is expected, from process start
+    planned_at_s: float  # seconds on the run's clock when the plan was made
+    expected_end_s: float  # when the test result is expected, on the run's clock
     train_images_per_s: float
 
 
@@ -59,11 +66,14 @@ def plan_epochs(
         validation: `(x_val, y_val)`.
         test_size: images in the test set (its evaluation is timed from validation's).
         global_batch: the batch size across replicas.
-        scratch_dir: a directory to time the writes in (nothing is left there).
-        elapsed_s: a function returning the seconds since the process started.
+        scratch_dir: a directory to create and time the writes in (removed afterwards).
+        elapsed_s: a function returning the seconds the budget has counted so far.
 
     Returns:
-        A `Plan`. At least one epoch, even when that cannot fit.
+        A `Plan` of at least one epoch.
+
+    Raises:
+        RunError: not even one epoch fits the budget; the message says what would.
     """
     snapshot = _snapshot(model)
     seconds_per_step = _time_steps(model, *train_data, global_batch, config)
@@ -76,7 +86,15 @@ def plan_epochs(
     epoch_s = steps * seconds_per_step + validation_s + writes_s
     final_s = validation_s * test_size / len(validation[0]) + writes_s + EXIT_S
     now = elapsed_s()
-    epochs = max(1, math.floor(SAFETY * (budget_s - now - final_s) / epoch_s))
+    epochs = epochs_within(budget_s - now - final_s, epoch_s)
+    if epochs < 1:
+        needed = now + final_s + epoch_s / SAFETY
+        raise RunError(
+            f"training.time_budget_s={budget_s:g} cannot fit one epoch here: starting and "
+            f"measuring took {now:.1f} s, an epoch takes {epoch_s:.1f} s and the test and "
+            f"final writes {final_s:.1f} s; give at least {math.ceil(needed)} s, or set "
+            "training.epochs"
+        )
     return Plan(
         time_budget_s=budget_s,
         epochs=epochs,
@@ -88,6 +106,11 @@ def plan_epochs(
         expected_end_s=round(now + epochs * epoch_s + final_s, 1),
         train_images_per_s=round(global_batch / seconds_per_step, 1),
     )
+
+
+def epochs_within(seconds, epoch_s):
+    """The most whole epochs of `epoch_s` seconds that fit in SAFETY x `seconds`."""
+    return max(0, math.floor(SAFETY * seconds / epoch_s))
 
 
 def describe(plan):
@@ -122,15 +145,17 @@ class _BatchClock(keras.callbacks.Callback):
 
 
 def _time_steps(model, x, y, global_batch, config):
-    """Seconds per training batch: the mean after the first batches (which trace), with
-    the learning-rate callback the run sets every batch with.
+    """Seconds per training batch: the mean after the first calls (which trace), with the
+    learning-rate callback the run sets every call with.
 
-    The warm-up ends with a batch of the epoch's last, smaller size, so the real run does
-    not trace again there.
+    Keras calls back once per call of the training function, which runs
+    `training.steps_per_execution` batches; the last call, which may run fewer, is not
+    timed. The warm-up ends with a batch of the epoch's last, smaller size, so the real run
+    does not trace again there.
     """
-    from fashion_keras.train import make_dataset
-
-    full = min(WARMUP_STEPS, len(x) // global_batch)
+    per_call = config.training.steps_per_execution
+    wanted = max(WARMUP_STEPS, (TRACE_CALLS + 5) * per_call)
+    full = min(wanted, len(x) // global_batch)
     n = full * global_batch + len(x) % global_batch
     clock = _BatchClock()
     callbacks = [clock]
@@ -144,10 +169,11 @@ def _time_steps(model, x, y, global_batch, config):
         verbose=0,
         callbacks=callbacks,
     )
-    ends = [clock.started, *clock.ends]
-    durations = np.diff(ends[min(TRACE_STEPS, max(full - 2, 0)) : max(full, 1) + 1])
+    durations = np.diff([clock.started, *clock.ends])
+    whole = durations[:-1] if len(durations) > 1 else durations  # the last call may be short
+    timed = whole[min(TRACE_CALLS, len(whole) - 1) :]
     # The mean, not the median: an epoch's time is the sum of its steps, slow ones included.
-    return float(np.mean(durations))
+    return float(np.mean(timed)) / per_call
 
 
 def _time_validation(model, x, y, global_batch):
@@ -159,10 +185,17 @@ def _time_validation(model, x, y, global_batch):
 
 
 def _time_writes(model, scratch_dir):
-    """Seconds an epoch spends writing: the best checkpoint and the backup."""
-    # Named like the other temporaries (".*.part*"), so a rerun clears it after a kill.
-    with tempfile.TemporaryDirectory(dir=scratch_dir, prefix=".budget-", suffix=".part") as tmp:
+    """Seconds an epoch spends writing: the best checkpoint and the backup.
+
+    `scratch_dir` is removed afterwards; the run directory names it so that a rerun removes
+    it after a kill (`fashion_keras.rundir.remove_leftovers`).
+    """
+    scratch_dir = Path(scratch_dir)
+    scratch_dir.mkdir()
+    try:
         start = time.perf_counter()
-        model.save(f"{tmp}/model.keras")
-        model.save_weights(f"{tmp}/backup.weights.h5")
+        model.save(scratch_dir / "model.keras")
+        model.save_weights(scratch_dir / "backup.weights.h5")
         return time.perf_counter() - start
+    finally:
+        files.remove(scratch_dir)

@@ -3,8 +3,8 @@
 Each file is written atomically, so a kill at any moment leaves the previous version in
 place. `RunState` writes everything a resumed `fit(initial_epoch=k)` needs to continue as
 if never stopped (`fashion_keras.rundir.restore_backup` reads it back); `HistoryCSV` keeps
-`history.csv` to one row per epoch across resumes; `BestCheckpoint` and `EarlyStopping`
-take their state from the backup.
+`history.csv` to one row per epoch across resumes; `BestCheckpoint` and `EarlyStopping` own
+their resumable state, hand it to `RunState`'s commit and take it back with `set_state`.
 """
 
 import csv
@@ -16,8 +16,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from fashion_keras import rundir
-from fashion_keras.files import atomic_path, write_json, write_text
+from fashion_keras import files, rundir
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -69,7 +68,7 @@ class HistoryCSV(keras.callbacks.Callback):
         writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
         writer.writerows(self.rows)
-        write_text(self.filename, out.getvalue())
+        files.write_text(self.filename, out.getvalue())
 
 
 def _monitored(logs, monitor, callback):
@@ -82,50 +81,80 @@ def _monitored(logs, monitor, callback):
 
 
 class BestCheckpoint(keras.callbacks.Callback):
-    """Saves the whole model, atomically, whenever `val_loss` (or `monitor`) reaches a new low.
+    """Keeps the model of the epoch with the lowest `val_loss` (or `monitor`) as `filepath`.
+
+    An epoch that improves saves the whole model into the backup directory first; only
+    after `RunState` has committed that epoch is it copied to `filepath`, so `filepath`
+    always holds an epoch the run directory records as done. Its resumable state (the best
+    value and that file) comes and goes through `get_state` and `set_state`.
 
     Args:
         filepath: a `.keras` file.
+        backup_dir: where the candidates wait for their epoch's commit.
         monitor: the logged value to minimise.
-        initial_best: the best value before this fit (when resuming); None for none.
     """
 
-    def __init__(self, filepath, monitor="val_loss", initial_best=None):
+    def __init__(self, filepath, backup_dir, monitor="val_loss"):
         super().__init__()
-        self.filepath = filepath
+        self.filepath = Path(filepath)
+        self.backup_dir = Path(backup_dir)
         self.monitor = monitor
-        self.initial_best = initial_best
+        self.resumed = {}
+
+    def get_state(self):
+        """`{"best": value or None, "file": the best model's file in the backup or None}`."""
+        best = None if math.isinf(self.best) else float(self.best)
+        return {"best": best, "file": self.best_file}
+
+    def set_state(self, state):
+        """Takes back a committed state, and publishes its model (a kill may have come
+        between the commit and the copy)."""
+        self.resumed = state or {}
+        if self.resumed.get("file"):
+            files.copy_file(self.backup_dir / self.resumed["file"], self.filepath)
 
     def on_train_begin(self, logs=None):
-        self.best = math.inf if self.initial_best is None else self.initial_best
+        best = self.resumed.get("best")
+        self.best = math.inf if best is None else best
+        self.best_file = self.resumed.get("file")
 
     def on_epoch_end(self, epoch, logs=None):
         current = _monitored(logs, self.monitor, "BestCheckpoint")
         if current < self.best:
             self.best = current
-            with atomic_path(self.filepath) as tmp:
+            self.best_file = f"epoch-{epoch + 1:04d}.best.keras"
+            with files.atomic_path(self.backup_dir / self.best_file) as tmp:
                 self.model.save(tmp)
+
+    def on_commit(self, epoch):
+        """Called by `RunState` once `epoch`'s state is durable."""
+        if self.best_file == f"epoch-{epoch + 1:04d}.best.keras":
+            files.copy_file(self.backup_dir / self.best_file, self.filepath)
 
 
 class EarlyStopping(keras.callbacks.EarlyStopping):
-    """`keras.callbacks.EarlyStopping` that can start from a resumed run's state.
+    """`keras.callbacks.EarlyStopping` that a resumed run continues.
 
-    Args:
-        initial_wait: epochs without improvement before this fit.
-        initial_best: the best monitored value before this fit; None for none.
-        **kwargs: `keras.callbacks.EarlyStopping` arguments.
+    Its resumable state (epochs waited, the best value) comes and goes through `get_state`
+    and `set_state`; `keras.callbacks.EarlyStopping` arguments otherwise.
     """
 
-    def __init__(self, initial_wait=0, initial_best=None, **kwargs):
+    def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.initial_wait = initial_wait
-        self.initial_best = initial_best
+        self.resumed = {}
+
+    def get_state(self):
+        finite = self.best is not None and math.isfinite(self.best)
+        return {"wait": int(self.wait), "best": float(self.best) if finite else None}
+
+    def set_state(self, state):
+        self.resumed = state or {}
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
-        self.wait = self.initial_wait
-        if self.initial_best is not None:
-            self.best = self.initial_best
+        self.wait = self.resumed.get("wait", 0)
+        if self.resumed.get("best") is not None:
+            self.best = self.resumed["best"]
 
 
 class AnnealLearningRate(keras.callbacks.Callback):
@@ -158,24 +187,33 @@ class AnnealLearningRate(keras.callbacks.Callback):
 
 
 class RunState(keras.callbacks.Callback):
-    """Backs up, after every epoch, all a resumed `fit(initial_epoch=...)` needs.
+    """Commits, after every epoch, all a resumed `fit(initial_epoch=...)` needs.
 
-    Per epoch: the weights with the optimizer's state (`epoch-NNNN.weights.h5`), the
-    random-number state of the layers (`epoch-NNNN.random.npz`: dropout masks and
-    augmentation continue as if never stopped), and in `state.json` (written last,
-    atomically) whether training stopped and the state of early stopping and of the best
-    checkpoint. The last two epochs are kept, so workers of a multi-worker job that stopped
-    one epoch apart can all resume from the earlier one.
+    The model's own state is saved per epoch: its weights with the optimizer's state
+    (`epoch-NNNN.weights.h5`) and the random-number state of its layers
+    (`epoch-NNNN.random.npz`: dropout masks and augmentation continue as if never stopped).
+    Each other resumable piece owns its state and hands it over through `get_state()`; the
+    commit is `state.json`, written last and atomically, which records them together. Then
+    each piece with an `on_commit(epoch)` hears that the epoch is durable, and files no
+    longer named are deleted. The last two epochs are kept, so workers of a multi-worker job
+    that stopped one epoch apart can all resume from the earlier one.
+
+    The batch order and the learning rate need no state: both are functions of the epoch
+    and step (see `fashion_keras.data.make_dataset` and `AnnealLearningRate`).
 
     Put it last in the callback list: an epoch counts as done once every other callback has
     run for it.
+
+    Args:
+        backup_dir: the backup directory.
+        pieces: `{name: callback}`, each with `get_state()` returning a JSON-able dict that
+            may name files of the backup directory under `"file"`.
     """
 
-    def __init__(self, backup_dir, early_stopping=None, checkpoint=None):
+    def __init__(self, backup_dir, pieces=None):
         super().__init__()
         self.backup_dir = Path(backup_dir)
-        self.early_stopping = early_stopping
-        self.checkpoint = checkpoint
+        self.pieces = dict(pieces or {})
 
     def on_epoch_end(self, epoch, logs=None):
         done = epoch + 1
@@ -183,24 +221,23 @@ class RunState(keras.callbacks.Callback):
             "weights": f"epoch-{done:04d}.weights.h5",
             "random_state": f"epoch-{done:04d}.random.npz",
             "stop_training": bool(self.model.stop_training),
-            "best_val_loss": self.checkpoint.best if self.checkpoint else None,
-            "early_stopping": None,
+            "pieces": {name: piece.get_state() for name, piece in self.pieces.items()},
         }
-        if self.early_stopping is not None:
-            best = self.early_stopping.best
-            entry["early_stopping"] = {
-                "wait": int(self.early_stopping.wait),
-                "best": None if best is None else float(best),
-            }
-        with atomic_path(self.backup_dir / entry["weights"]) as tmp:
+        with files.atomic_path(self.backup_dir / entry["weights"]) as tmp:
             self.model.save_weights(tmp)
-        with atomic_path(self.backup_dir / entry["random_state"]) as tmp:
+        with files.atomic_path(self.backup_dir / entry["random_state"]) as tmp:
             np.savez(tmp, *[v.numpy() for v in rundir.random_state_variables(self.model)])
         entries = rundir.read_backup(self.backup_dir)
         kept = {str(done - 1): entries[done - 1]} if done - 1 in entries else {}
         kept[str(done)] = entry
-        write_json(self.backup_dir / "state.json", {"epochs": kept})
-        names = {name for e in kept.values() for name in (e["weights"], e["random_state"])}
-        for old in self.backup_dir.glob("epoch-*"):
-            if old.name not in names:
-                old.unlink()
+        files.write_json(self.backup_dir / "state.json", {"epochs": kept})  # the commit
+        for piece in self.pieces.values():
+            if hasattr(piece, "on_commit"):
+                piece.on_commit(epoch)
+        named = set()
+        for e in kept.values():
+            named |= {e["weights"], e["random_state"]}
+            named |= {p["file"] for p in e["pieces"].values() if p and p.get("file")}
+        for old in sorted(self.backup_dir.glob("epoch-*")):
+            if old.name not in named:
+                files.remove(old)

@@ -2,7 +2,8 @@
 
 A user's mistake (`fashion_keras.errors.UserError`) is one line on stderr and exit status 2.
 Anything else is unexpected: one line that says so, exit status 1, and the traceback with
-FASHION_KERAS_DEBUG=1.
+FASHION_KERAS_DEBUG=1. TensorFlow's start-up notices are left out of stderr
+(`fashion_keras.quiet`) unless `--verbose` or FASHION_KERAS_VERBOSE=1.
 """
 
 import argparse
@@ -11,8 +12,8 @@ import os
 import signal
 import sys
 
-from fashion_keras import __version__
-from fashion_keras.errors import UserError
+from fashion_keras import __version__, quiet
+from fashion_keras.errors import Terminated, UserError, interrupt_status
 
 EXAMPLES = """\
 examples:
@@ -34,13 +35,17 @@ def _train(args):
     from fashion_keras.config import load_config
 
     config = load_config(args.config, args.set)  # mistakes show before TensorFlow loads
+    from fashion_keras.machine import seconds_since_process_start
     from fashion_keras.train import TrainingInterrupted, train
 
     try:
-        result = train(config, output=args.output, data_dir=args.data_dir)
+        # The command's budget counts from process start: all the user waits for.
+        result = train(
+            config, output=args.output, data_dir=args.data_dir, clock=seconds_since_process_start
+        )
     except TrainingInterrupted as e:
         print(f"fashion-keras: {e}", file=sys.stderr)
-        return 130
+        return e.exit_status
     print(json.dumps(result.metrics, indent=2))
 
 
@@ -95,9 +100,9 @@ def _study(args):
     grid = study.QUICK if args.quick else study.DEFAULT
     try:
         study.run_study(args.output, grid, data_dir=args.data_dir)
-    except TrainingInterrupted:
+    except TrainingInterrupted as e:
         print("fashion-keras: study stopped; run the same command to continue", file=sys.stderr)
-        return 130
+        return e.exit_status
     print(study.write_study(args.output, grid, data_dir=args.data_dir, docs=args.docs))
 
 
@@ -127,16 +132,17 @@ def _add_data_dir(parser):
 
 
 def at_least(minimum):
-    """An argparse type: a whole number of at least `minimum`."""
+    """An argparse type: a whole number of at least `minimum` (`checks.check_int`), with
+    argparse's wording, since argparse names the option itself."""
+    from fashion_keras.checks import check_int
 
     def parse(text):
         try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < minimum:
-            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}")
-        return value
+            return check_int("value", int(text), minimum)
+        except ValueError:  # not a number, or a UserError from check_int
+            raise argparse.ArgumentTypeError(
+                f"expected a whole number >= {minimum}, got {text!r}"
+            ) from None
 
     return parse
 
@@ -161,6 +167,12 @@ def build_parser():
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show TensorFlow's start-up notices on stderr (no CUDA, CPU features, oneDNN), "
+        "hidden by default; also FASHION_KERAS_VERBOSE=1",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a model and write a run directory")
@@ -263,17 +275,32 @@ def build_parser():
     return parser
 
 
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    verbose = args.verbose or os.environ.get("FASHION_KERAS_VERBOSE", "0") not in ("", "0")
+    # Only the command itself filters fd 2; main(argv) called from Python leaves it alone.
+    filtered = argv is None and not verbose and quiet.install()
+    try:
+        return _main(args)
+    finally:
+        if filtered:
+            quiet.uninstall()
+
+
+def _main(args):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ chatter out
     os.environ.setdefault("MPLBACKEND", "Agg")  # plots go to files, never to a window
     # A `kill` stops training like Ctrl-C: cleanly, with the backup kept for resuming.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         status = args.func(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print("fashion-keras: interrupted", file=sys.stderr)
-        return 130
+        return interrupt_status(e)
     except Exception as e:
         if os.environ.get("FASHION_KERAS_DEBUG"):
             raise

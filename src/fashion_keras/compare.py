@@ -4,16 +4,16 @@ and how sure each run's model is, side by side."""
 import html
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import yaml
-from scipy import stats
 
 from fashion_keras import files, plots
 from fashion_keras.errors import UserError
-from fashion_keras.report import SHORT_NAMES, _image, _table_html, run_uncertainty, write_page
+from fashion_keras.pages import SHORT_NAMES, image, table_html, write_page
+from fashion_keras.report import run_uncertainty, uncertainty_record
 from fashion_keras.rundir import load_run, load_run_model, read_json
+from fashion_keras.stats import difference_interval
 
 
 def overfitting_verdict(history):
@@ -58,14 +58,6 @@ def summarize(runs):
     return pd.DataFrame(rows)
 
 
-def _interval(a, b, paired, confidence=0.95):
-    """Mean difference a - b with its t confidence interval: paired, or Welch's."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    result = stats.ttest_rel(a, b) if paired else stats.ttest_ind(a, b, equal_var=False)
-    interval = result.confidence_interval(confidence)
-    return a.mean() - b.mean(), float(interval.low), float(interval.high)
-
-
 def seed_statistics(summary):
     """Mean ± std per variant, and the difference between two variants with a 95% CI.
 
@@ -84,7 +76,7 @@ def seed_statistics(summary):
     paired = a["seed"].tolist() == b["seed"].tolist()
     rows = []
     for metric in ("test_accuracy", "test_loss"):
-        mean, low, high = _interval(a[metric], b[metric], paired)
+        mean, low, high = difference_interval(a[metric], b[metric], paired)
         rows.append(
             {
                 "metric": metric,
@@ -99,14 +91,14 @@ def seed_statistics(summary):
 
 
 def load_uncertainty(run_dir, mc_samples=30, data_dir=None):
-    """A finished run's uncertainty tables (`RUN_DIR/report/uncertainty.json`), computed
-    and saved first when the run has no report yet or its report used other passes."""
+    """A finished run's uncertainty tables: its report's `RUN_DIR/report/uncertainty.json`
+    when that used the same passes, else computed here. Nothing is written into `run_dir`
+    (it may be someone else's, or read-only)."""
     saved = read_json(Path(run_dir) / "report" / "uncertainty.json")
-    if saved is None or saved["samples"] not in (0, mc_samples):
-        model, x_test, y_test = load_run_model(run_dir, data_dir)
-        run_uncertainty(Path(run_dir), model, x_test, y_test, mc_samples)
-        saved = read_json(Path(run_dir) / "report" / "uncertainty.json")
-    return saved
+    if saved is not None and saved["samples"] in (0, mc_samples):
+        return saved
+    model, x_test, y_test = load_run_model(run_dir, data_dir)
+    return uncertainty_record(run_uncertainty(model, x_test, y_test, mc_samples))
 
 
 def uncertainty_tables(runs, mc_samples=30, data_dir=None):
@@ -168,11 +160,11 @@ def write_comparison(run_dirs, output, mc_samples=30, data_dir=None):
     files.write_text(output / "uncertainty.csv", metrics.to_csv())
     files.write_text(output / "ood.csv", ood.to_csv(index=False))
 
-    plots.plot_overlay(runs, output / "curves.png")
-    plots.plot_accuracy_coverage(coverage, output / "coverage.png")
-    labelled = ood.assign(method=ood["run"] + ", " + ood["method"]).drop(columns="run")
-    plots.plot_ood_auroc(labelled, output / "ood.png")
-    plt.close("all")
+    with plots.closing_figures():
+        plots.plot_overlay(runs, output / "curves.png")
+        plots.plot_accuracy_coverage(coverage, output / "coverage.png")
+        labelled = ood.assign(method=ood["run"] + ", " + ood["method"]).drop(columns="run")
+        plots.plot_ood_auroc(labelled, output / "ood.png")
     verdicts = "".join(
         f"<li><b>{html.escape(r.run)}</b>: {html.escape(r.verdict)}</li>"
         for r in summary.itertuples()
@@ -187,24 +179,24 @@ def write_comparison(run_dirs, output, mc_samples=30, data_dir=None):
     sections = [
         ("Summary", headline(summary, difference)),
         ("Overfitting", f"<ul>{verdicts}</ul>"),
-        ("Curves", _image("curves.png", "overlaid curves and generalization gap")),
-        ("Runs", _table_html(summary.drop(columns="verdict").set_index("run"))),
-        ("Per variant (mean, std, runs)", _table_html(per_variant)),
+        ("Curves", image("curves.png", "overlaid curves and generalization gap")),
+        ("Runs", table_html(summary.drop(columns="verdict").set_index("run"))),
+        ("Per variant (mean, std, runs)", table_html(per_variant)),
         (
             "Difference with 95% confidence interval",
-            no_interval if difference is None else _table_html(difference),
+            no_interval if difference is None else table_html(difference),
         ),
         (
             "How sure each model is",
             "<p>Deterministic: the softmax of one pass; MC dropout: the mean of "
             f"{mc_samples} passes with only the Dropout layers active (networks with "
             "dropout only).</p>"
-            + _table_html(metrics.rename(columns=SHORT_NAMES))
-            + _image("coverage.png", "accuracy against coverage, every run"),
+            + table_html(metrics.rename(columns=SHORT_NAMES))
+            + image("coverage.png", "accuracy against coverage, every run"),
         ),
         (
             "Out-of-distribution inputs (AUROC by entropy)",
-            _table_html(ood_table) + _image("ood.png", "out-of-distribution AUROC, every run"),
+            table_html(ood_table) + image("ood.png", "out-of-distribution AUROC, every run"),
         ),
     ]
     write_page(output / "index.html", "Comparison: " + ", ".join(summary["run"]), sections)

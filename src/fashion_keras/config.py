@@ -36,8 +36,9 @@ class DataConfig:
 @dataclasses.dataclass
 class TrainingConfig:
     epochs: int | None = 20  # null when time_budget_s chooses the number
-    time_budget_s: float | None = None  # train for this many seconds from process start to
-    # test result instead: a short warm-up measures the speed and fixes the epochs
+    time_budget_s: float | None = None  # train for this many seconds to the test result
+    # instead (from the call of train(); on the command line from process start): a short
+    # warm-up measures the speed and fixes the epochs
     batch_size: int = 128  # per replica; the global batch is this times the replicas
     learning_rate: float = 1e-3
     lr_schedule: str = "constant"  # constant | cosine | linear (the last two anneal to 0)
@@ -161,12 +162,19 @@ def _check_ranges(config):
             "(each worker would measure its own speed); set training.epochs instead"
         )
     checks = [
+        (
+            "seed",
+            config.seed,
+            0 <= config.seed < 2**32,
+            "a whole number from 0 to 4294967295 (2**32 - 1)",
+        ),
         ("training.epochs", t.epochs, t.epochs is None or t.epochs >= 1, "at least 1"),
         (
             "training.time_budget_s",
             t.time_budget_s,
             t.time_budget_s is None or t.time_budget_s >= 10,
-            "at least 10 (seconds from process start to the test result)",
+            "at least 10 (seconds to the test result, from the call of train() or, on the "
+            "command line, from process start)",
         ),
         ("training.batch_size", t.batch_size, t.batch_size >= 1, "at least 1"),
         ("training.learning_rate", t.learning_rate, t.learning_rate > 0, "greater than 0"),

@@ -11,7 +11,7 @@ The files are looked for, in order, in:
 Every file is checked: gzip framing, IDX magic number, dimensions, item count, and the
 SHA-256 of the decompressed bytes, so the original files and Debian's recompressed copies
 both pass. Verified arrays are cached decoded (`.npz`) in the Keras cache, so later loads
-skip the gzip and checksum work.
+skip the gzip and checksum work. `make_dataset` turns the arrays into training batches.
 """
 
 import dataclasses
@@ -409,3 +409,31 @@ def load_data(
         y = to_one_hot(y) if one_hot else y.astype("int64")
         result.append((x, y))
     return tuple(result)
+
+
+def make_dataset(x, y, batch_size, seed, first_epoch, epochs):
+    """Training batches for epochs `first_epoch..epochs-1`, as one stream.
+
+    Each epoch's order is a stateless shuffle seeded by `(seed, epoch)`, so a run resumed
+    at epoch k sees exactly the batches an uninterrupted run would.
+    """
+    import tensorflow as tf
+
+    n = len(x)
+    x, y = tf.constant(x), tf.constant(y)
+
+    def epoch_indices(epoch):
+        order = tf.random.experimental.stateless_shuffle(tf.range(n), seed=tf.stack([seed, epoch]))
+        return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+
+    # Fixed parallelism, no autotuning: the autotuner's thread made deleting the iterator at
+    # the end of fit() block for 4-9 s in 9 of 16 timed runs here (in none of 9 without it).
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return (
+        tf.data.Dataset.range(first_epoch, epochs)
+        .flat_map(epoch_indices)
+        .map(lambda idx: (tf.gather(x, idx), tf.gather(y, idx)), num_parallel_calls=2)
+        .prefetch(2)
+        .with_options(options)
+    )

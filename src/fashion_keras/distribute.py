@@ -7,6 +7,7 @@ learning rate is used as configured (no automatic scaling).
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -127,12 +128,60 @@ def is_chief():
     return kind == "worker" and index == 0 and "chief" not in config.get("cluster", {})
 
 
+def _not_private(info, uid):
+    """What makes a folder (its `os.lstat`) unfit to be private to `uid`, or None."""
+    if stat.S_ISLNK(info.st_mode):
+        return "is a symbolic link"
+    if not stat.S_ISDIR(info.st_mode):
+        return "is not a directory"
+    if info.st_uid != uid:
+        return f"belongs to user {info.st_uid}, not to you ({uid})"
+    if info.st_mode & 0o077:
+        return f"has mode {stat.S_IMODE(info.st_mode):o}, open to other users"
+    return None
+
+
+def private_dir():
+    """This user's own folder for the workers' stand-ins, created with mode 0700.
+
+    `$XDG_RUNTIME_DIR/fashion-keras` when that is set, else `fashion-keras-UID` in the
+    temporary directory (`tempfile.gettempdir()`). The same path in every run, so a
+    restarted worker finds its backup; private, so no other user can plant or read it.
+
+    Raises:
+        DistributeError: the folder is a symbolic link, is not a directory, belongs to
+            another user, or lets the group or others in.
+    """
+    uid = os.getuid()
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    path = (
+        Path(runtime) / "fashion-keras"
+        if runtime
+        else Path(tempfile.gettempdir()) / f"fashion-keras-{uid}"
+    )
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        pass  # checked below, whoever made it
+    except OSError as e:
+        raise DistributeError(f"cannot create the worker folder {path}: {e.strerror}") from None
+    problem = _not_private(os.lstat(path), uid)
+    if problem:
+        raise DistributeError(
+            f"the worker folder {path} {problem}; a non-chief worker keeps its backup there "
+            "only when it is your own directory with mode 700. Remove it (or set "
+            "XDG_RUNTIME_DIR to a private directory) and restart the worker"
+        )
+    return path
+
+
 def worker_dir(run_dir):
     """A non-chief worker's private stand-in for the run directory, stable across restarts
-    (so a restarted worker finds its backup) and outside the chief's run directory."""
+    (so a restarted worker finds its backup) and outside the chief's run directory: a
+    folder inside `private_dir()`, named after the run directory and the task."""
     kind, index = task()
     key = hashlib.sha256(str(Path(run_dir).resolve()).encode()).hexdigest()[:12]
-    return Path(tempfile.gettempdir()) / f"fashion-keras-{key}-{kind}{index}"
+    return private_dir() / f"{key}-{kind}{index}"
 
 
 def strategy_name(strategy):

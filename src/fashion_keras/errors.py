@@ -8,3 +8,13 @@ class UserError(ValueError):
     The command line prints these as one line; anything else is unexpected and gets a
     traceback (with `FASHION_KERAS_DEBUG=1`).
     """
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C raises `KeyboardInterrupt`, so that a `kill` stops a run
+    as cleanly. The command line exits with 143 (128 + 15) for it, 130 for Ctrl-C."""
+
+
+def interrupt_status(interrupt):
+    """The exit status for an interrupt: 143 for `Terminated` (SIGTERM), 130 for Ctrl-C."""
+    return 143 if isinstance(interrupt, Terminated) else 130

@@ -1,16 +1,52 @@
-"""Writing files so that a killed process never leaves a truncated one in place."""
+"""Writing files so that a killed process never leaves a truncated one in place.
+
+Every file is written under a temporary name beside it and renamed into place. The
+temporary names have one exact shape, `.STEM.XXXXXXXX.partSUFFIX` (eight hex digits) for
+`STEMSUFFIX`, so `remove_temporaries` can clear what a killed process left and nothing else.
+"""
 
 import contextlib
 import json
 import os
+import re
 import secrets
+import shutil
 from pathlib import Path
 
+from fashion_keras import failpoints
 from fashion_keras.errors import UserError
+
+_TEMPORARY = re.compile(r"\.(?P<stem>[^/]+?)\.[0-9a-f]{8}\.part(?P<suffix>.*)")
 
 
 class WriteError(UserError):
     """A file could not be written (a full disk, a read-only directory)."""
+
+
+def temporary_name(path):
+    """The name `atomic_path` writes `path` under first: `.NAME.XXXXXXXX.partSUFFIX`."""
+    path = Path(path)
+    suffix = "".join(path.suffixes)
+    stem = path.name[: len(path.name) - len(suffix)]
+    return f".{stem}.{secrets.token_hex(4)}.part{suffix}"
+
+
+def target_of(name):
+    """The file a temporary name stands for (`.a.0123abcd.part.json` -> `a.json`), or None
+    when `name` is not of `temporary_name`'s shape."""
+    match = _TEMPORARY.fullmatch(name)
+    return match["stem"] + match["suffix"] if match else None
+
+
+def remove_temporaries(directory, targets):
+    """Deletes the temporaries a killed process left directly in `directory` (not below)
+    for the files whose names fully match the regular expression `targets`."""
+    directory = Path(directory)
+    if directory.is_dir():
+        for entry in directory.iterdir():
+            target = target_of(entry.name)
+            if target and re.fullmatch(targets, target) and entry.is_file():
+                entry.unlink()
 
 
 @contextlib.contextmanager
@@ -25,18 +61,35 @@ def atomic_path(path):
         WriteError: the file could not be written; the message names it.
     """
     path = Path(path)
-    suffix = "".join(path.suffixes)
-    stem = path.name[: len(path.name) - len(suffix)]
-    tmp = path.parent / f".{stem}.{secrets.token_hex(4)}.part{suffix}"
+    tmp = path.parent / temporary_name(path)
+    moment = f"{path.parent.name}/{path.name}"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         yield str(tmp)
+        failpoints.reached(f"written {moment}")
         os.replace(tmp, path)
+        _sync_directory(path.parent)
     except OSError as e:
         raise WriteError(f"{e.strerror or e} while writing {path}") from e
     finally:
         if os.path.lexists(tmp):
             tmp.unlink()
+    failpoints.reached(f"renamed {moment}")
+
+
+def _sync_directory(directory):
+    """Makes a rename in `directory` durable (POSIX; a no-op where directories cannot be
+    opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_text(path, text):
@@ -58,11 +111,19 @@ def save_model(model, path):
         model.save(tmp)
 
 
-def check_writable(directory):
-    """Creates `directory` and proves a file can be written there.
+def copy_file(source, path):
+    """Copies `source` to `path` atomically."""
+    with atomic_path(path) as tmp:
+        shutil.copyfile(source, tmp)
 
-    Raises:
-        WriteError: naming the directory and the reason.
-    """
-    write_text(Path(directory) / ".write-test", "x" * 4096)
-    (Path(directory) / ".write-test").unlink()
+
+def remove(path):
+    """Deletes a file or a directory tree, if present (a durable moment of its own)."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        path.unlink()
+    else:
+        return
+    failpoints.reached(f"removed {path.parent.name}/{path.name}")

@@ -9,18 +9,11 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
+from fashion_keras.checks import check_int
 from fashion_keras.errors import UserError
 
 COVERAGES = tuple(np.round(np.arange(1, 21) / 20, 2))  # 0.05, 0.10, ..., 1.0
 PROBABILITY_FLOOR = 1e-12  # probabilities are clipped to this before a log
-
-
-def check_int(name, value, minimum):
-    """Raises a `UserError` unless `value` is an integer of at least `minimum`."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise UserError(
-            f"{name} must be an integer of at least {minimum}. Received: {name}={value!r}"
-        )
 
 
 def predictive_entropy(probabilities):

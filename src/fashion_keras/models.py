@@ -24,6 +24,7 @@ pooling layer and after the dense layer. Add a variant with `register_model`.
 import difflib
 import inspect
 
+from fashion_keras.checks import check_int
 from fashion_keras.data import IMAGE_SHAPE, NUM_CLASSES
 from fashion_keras.errors import UserError
 
@@ -133,15 +134,6 @@ def _is_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _check_positive_ints(name, value, allow_empty=False):
-    items = _as_tuple(value)
-    ok = (allow_empty or items) and all(
-        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in items
-    )
-    if not ok:
-        raise UserError(f"{name} must be positive integers. Received: {name}={value!r}")
-
-
 def _validate(
     input_shape,
     num_classes,
@@ -158,13 +150,13 @@ def _validate(
     test_time_flip,
     name,
 ):
-    _check_positive_ints("input_shape", input_shape)
-    if len(input_shape) != 3:
+    check_int("input_shape", input_shape, minimum=1, several=True)
+    if len(_as_tuple(input_shape)) != 3:
         raise UserError(f"input_shape must be (height, width, channels). Received: {input_shape!r}")
-    _check_positive_ints("num_classes", num_classes)
-    _check_positive_ints("filters", filters)
-    _check_positive_ints("kernel_size", kernel_size)
-    _check_positive_ints("convs_per_block", convs_per_block)
+    check_int("num_classes", num_classes, minimum=1)
+    check_int("filters", filters, minimum=1, several=True)
+    check_int("kernel_size", kernel_size, minimum=1, several=True)
+    check_int("convs_per_block", convs_per_block, minimum=1, several=True)
     if isinstance(convs_per_block, (list, tuple)) and len(convs_per_block) != len(filters):
         raise UserError(
             f"convs_per_block must be one integer or one per conv block ({len(filters)}). "
@@ -174,7 +166,8 @@ def _validate(
         raise UserError(
             f"downsample must be one of {DOWNSAMPLE_MODES}. Received: downsample={downsample!r}"
         )
-    _check_positive_ints("units", units, allow_empty=True)
+    if _as_tuple(units):  # () is allowed: no hidden dense layer
+        check_int("units", units, minimum=1, several=True)
     if dropout_rates is not None:
         expected = len(filters) + len(_as_tuple(units))
         if not isinstance(dropout_rates, (list, tuple)) or len(dropout_rates) != expected:

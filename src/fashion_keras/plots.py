@@ -3,6 +3,7 @@
 A figure is saved only when the function is given a `path`, so a notebook can show it inline.
 """
 
+import contextlib
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -15,6 +16,23 @@ from fashion_keras.data import CLASS_NAMES, NUM_CLASSES
 from fashion_keras.metrics import calibration_bins, expected_calibration_error
 
 METHOD_LABELS = {"deterministic": "deterministic", "mc_dropout": "MC dropout"}
+
+
+@contextlib.contextmanager
+def closing_figures():
+    """Closes the figures created inside the `with` block, and only those: a notebook's own
+    figures stay open.
+
+    Example:
+        >>> with closing_figures():
+        ...     plot_curves(history, path="report/curves.png")
+    """
+    before = set(plt.get_fignums())
+    try:
+        yield
+    finally:
+        for number in set(plt.get_fignums()) - before:
+            plt.close(number)
 
 
 def save_figure(fig, path):

@@ -106,7 +106,8 @@ def predict_files(model, paths, top=3, mc_samples=0, seed=0):
         top: how many classes to list per image.
         mc_samples: 0 for one ordinary prediction, or the number of Monte Carlo dropout
             passes (see `fashion_keras.uncertainty.mc_predict`; needs a model with dropout).
-        seed: the seed of the Monte Carlo dropout masks.
+        seed: the seed of the Monte Carlo dropout masks (one sequence of masks runs on
+            from file to file).
 
     Returns:
         A list with, per image, `{"file", "index", "top": [(class, probability), ...],
@@ -131,8 +132,8 @@ def predict_files(model, paths, top=3, mc_samples=0, seed=0):
         if not model_path.is_file() or model_path.suffix != ".keras":
             raise UserError(f"--model {model_path}: expected an existing .keras file")
         model = keras.saving.load_model(model_path, safe_mode=True)
-    if mc_samples:
-        uncertainty.mc_dropout_model(model)  # a model without dropout fails here, at once
+    if mc_samples:  # one sampler for every file; a model without dropout fails here, at once
+        sampler = uncertainty.mc_dropout_model(model, seed=seed)
     results = []
     for path in paths:
         try:
@@ -141,7 +142,7 @@ def predict_files(model, paths, top=3, mc_samples=0, seed=0):
             results.append({"file": str(path), "error": str(e)})
             continue
         if mc_samples:
-            predicted = uncertainty.mc_predict(model, images, mc_samples, seed, verbose=0)
+            predicted = uncertainty.mc_passes(sampler, images, mc_samples, verbose=0)
         else:
             predicted = uncertainty.deterministic_predict(model, images)
         for i, p in enumerate(predicted.probabilities):

@@ -9,7 +9,6 @@ full config and metrics at the end. The figures come from `fashion_keras.plots`.
 import html
 import json
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from sklearn.metrics import classification_report, confusion_matrix
@@ -17,6 +16,7 @@ from sklearn.metrics import classification_report, confusion_matrix
 from fashion_keras import files, plots, uncertainty
 from fashion_keras.data import CLASS_NAMES
 from fashion_keras.metrics import expected_calibration_error
+from fashion_keras.pages import SHORT_NAMES, image, table_html, write_page
 from fashion_keras.rundir import RunError, load_run, load_run_model
 
 
@@ -95,30 +95,23 @@ def run_summary(metrics):
     return pd.DataFrame(rows, columns=["", "value"]).set_index("")
 
 
-def run_uncertainty(run_dir, model, x_test, y_test, mc_samples=30, verbose="auto"):
-    """The run's `uncertainty.uncertainty_summary`, its tables also saved as
-    `RUN_DIR/report/uncertainty.json` for comparisons to reuse."""
-    summary = uncertainty.uncertainty_summary(
+def run_uncertainty(model, x_test, y_test, mc_samples=30, verbose="auto"):
+    """`uncertainty.uncertainty_summary` as reports and comparisons compute it (seed 0, at
+    most 1,000 images per out-of-distribution set), so their numbers agree."""
+    return uncertainty.uncertainty_summary(
         model, x_test, y_test, samples=mc_samples, seed=0, limit_ood=1000, verbose=verbose
     )
-    files.write_json(
-        run_dir / "report" / "uncertainty.json",
-        {
-            "samples": summary["samples"],
-            "metrics": summary["metrics"].reset_index().to_dict("records"),
-            "ood": summary["ood"].to_dict("records"),
-            "coverage": summary["coverage"].to_dict("records"),
-        },
-    )
-    return summary
 
 
-def _table_html(frame, float_format="{:.4f}".format):
-    return frame.to_html(float_format=float_format, border=0, classes="table", na_rep="–")
-
-
-def _image(name, alt):
-    return f'<img src="{name}" alt="{html.escape(alt)}">'
+def uncertainty_record(summary):
+    """The tables of a `run_uncertainty` summary as plain data: what a report saves as
+    `RUN_DIR/report/uncertainty.json` and a comparison reads back."""
+    return {
+        "samples": summary["samples"],
+        "metrics": summary["metrics"].reset_index().to_dict("records"),
+        "ood": summary["ood"].to_dict("records"),
+        "coverage": summary["coverage"].to_dict("records"),
+    }
 
 
 def _plain_value(value):
@@ -130,48 +123,6 @@ def _plain_value(value):
 def metrics_table(metrics):
     """Every field of a `metrics.json`, rounded for reading, as a one-column DataFrame."""
     return pd.Series({k: _plain_value(v) for k, v in metrics.items()}, name="value").to_frame()
-
-
-PAGE = """<!doctype html>
-<html><head><meta charset="utf-8"><title>{title}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }}
-img {{ max-width: 100%; border: 1px solid #ddd; margin: 0.5em 0; }}
-.table {{ border-collapse: collapse; font-size: 0.9em; }}
-.table td, .table th {{ padding: 0.25em 0.7em; border-bottom: 1px solid #ddd; text-align: right; }}
-pre {{ background: #f6f6f6; padding: 1em; overflow-x: auto; }}
-</style></head>
-<body>
-<h1>{title}</h1>
-{body}
-<script>
-// Marks images that failed to load, so a broken page says so.
-window.addEventListener("load", () => {{
-  const imgs = [...document.images];
-  const ok = imgs.filter((i) => i.complete && i.naturalWidth > 0).length;
-  document.body.dataset.images = ok + "/" + imgs.length;
-}});
-</script>
-</body></html>
-"""
-
-
-def write_page(path, title, sections):
-    """Writes an HTML page of `(heading, html)` sections next to its images."""
-    body = "\n".join(f"<h2>{html.escape(h)}</h2>\n{content}" for h, content in sections)
-    files.write_text(path, PAGE.format(title=html.escape(title), body=body))
-
-
-# Short column names for the uncertainty tables of the pages.
-SHORT_NAMES = {
-    "negative_log_likelihood": "NLL",
-    "brier_score": "Brier",
-    "expected_calibration_error": "ECE",
-    "error_auroc_entropy": "error AUROC (entropy)",
-    "error_auroc_mutual_information": "error AUROC (MI)",
-    "auroc_entropy": "AUROC (entropy)",
-    "auroc_mutual_information": "AUROC (MI)",
-}
 
 
 def uncertainty_sections(summary):
@@ -188,15 +139,15 @@ def uncertainty_sections(summary):
             "How sure the model is",
             f"<p>{note} Lower is better for NLL, Brier score and ECE; an AUROC of 1 means "
             "every wrong prediction was less certain than every right one.</p>"
-            + _table_html(summary["metrics"].rename(columns=SHORT_NAMES))
-            + _image("reliability.png", "reliability diagram")
-            + _image("entropy.png", "entropy of right and wrong predictions")
-            + _image("coverage.png", "accuracy against coverage"),
+            + table_html(summary["metrics"].rename(columns=SHORT_NAMES))
+            + image("reliability.png", "reliability diagram")
+            + image("entropy.png", "entropy of right and wrong predictions")
+            + image("coverage.png", "accuracy against coverage"),
         ),
         (
             "Out-of-distribution inputs",
             "<p>AUROC of telling each set from the test images by uncertainty (0.5: not at "
-            "all).</p>" + _table_html(ood) + _image("ood.png", "out-of-distribution AUROC"),
+            "all).</p>" + table_html(ood) + image("ood.png", "out-of-distribution AUROC"),
         ),
     ]
 
@@ -220,27 +171,33 @@ def write_report(run_dir, data_dir=None, samples=18, mc_samples=30):
     model, x, y_true = load_run_model(run_dir, data_dir)
     out = run_dir / "report"
     out.mkdir(exist_ok=True)
-    probs = uncertainty.deterministic_predict(model, x).probabilities
+    summary = run_uncertainty(model, x, y_true, mc_samples)
+    files.write_json(out / "uncertainty.json", uncertainty_record(summary))
+    probs = summary["predictions"]["deterministic"].probabilities  # the one pass over x
     y_pred, confidence = probs.argmax(axis=1), probs.max(axis=1)
     right, wrong = np.flatnonzero(y_pred == y_true), np.flatnonzero(y_pred != y_true)
-    summary = run_uncertainty(run_dir, model, x, y_true, mc_samples)
 
-    plots.plot_curves(history, metrics, out / "curves.png", title=f"{run_dir.name}: per epoch")
-    for name, idx in (("correct", right[:samples]), ("incorrect", wrong[:samples])):
-        title = f"{name.capitalize()}ly classified test images (first {len(idx)})"
-        plots.plot_samples(x[idx], y_true[idx], y_pred[idx], confidence[idx], out / f"{name}.png",
-                           title=title)  # fmt: skip
-    plots.plot_confusion_matrix(y_true, y_pred, out / "confusion_matrix.png")
-    plots.plot_reliability(probs, y_true, path=out / "reliability.png")
-    plots.plot_entropy_histograms(summary["entropy"], out / "entropy.png")
-    plots.plot_accuracy_coverage(summary["coverage"], out / "coverage.png")
-    plots.plot_ood_auroc(summary["ood"], out / "ood.png")
-    plt.close("all")
+    with plots.closing_figures():
+        plots.plot_curves(history, metrics, out / "curves.png", title=f"{run_dir.name}: per epoch")
+        for name, idx in (("correct", right[:samples]), ("incorrect", wrong[:samples])):
+            title = f"{name.capitalize()}ly classified test images (first {len(idx)})"
+            plots.plot_samples(x[idx], y_true[idx], y_pred[idx], confidence[idx],
+                               out / f"{name}.png", title=title)  # fmt: skip
+        plots.plot_confusion_matrix(y_true, y_pred, out / "confusion_matrix.png")
+        plots.plot_reliability(probs, y_true, path=out / "reliability.png")
+        plots.plot_entropy_histograms(summary["entropy"], out / "entropy.png")
+        plots.plot_accuracy_coverage(summary["coverage"], out / "coverage.png")
+        plots.plot_ood_auroc(summary["ood"], out / "ood.png")
 
     table = classification_table(y_true, y_pred)
     files.write_text(out / "classification_report.csv", table.to_csv())
     text = classification_report(
-        y_true, y_pred, labels=range(len(CLASS_NAMES)), target_names=CLASS_NAMES, digits=4
+        y_true,
+        y_pred,
+        labels=range(len(CLASS_NAMES)),
+        target_names=CLASS_NAMES,
+        digits=4,
+        zero_division=0,
     )
     files.write_text(out / "classification_report.txt", text)
     per_class = per_class_accuracy(y_true, y_pred)
@@ -259,16 +216,16 @@ def write_report(run_dir, data_dir=None, samples=18, mc_samples=30):
         out / "index.html",
         f"Run report: {run_dir.name}",
         [
-            ("Summary", _table_html(run_summary(metrics))),
-            ("Loss and accuracy per epoch", _image("curves.png", "loss and accuracy curves")),
-            ("Correctly classified", _image("correct.png", "correctly classified samples")),
-            ("Incorrectly classified", _image("incorrect.png", "incorrectly classified samples")),
-            ("Classification report", _table_html(table)),
-            ("Per-class accuracy", _table_html(per_class.to_frame())),
-            ("Confusion matrix", _image("confusion_matrix.png", "confusion matrix")),
+            ("Summary", table_html(run_summary(metrics))),
+            ("Loss and accuracy per epoch", image("curves.png", "loss and accuracy curves")),
+            ("Correctly classified", image("correct.png", "correctly classified samples")),
+            ("Incorrectly classified", image("incorrect.png", "incorrectly classified samples")),
+            ("Classification report", table_html(table)),
+            ("Per-class accuracy", table_html(per_class.to_frame())),
+            ("Confusion matrix", image("confusion_matrix.png", "confusion matrix")),
             *uncertainty_sections(summary),
             ("Config", f"<pre>{html.escape(run['config'])}</pre>"),
-            ("All metrics", _table_html(metrics_table(metrics))),
+            ("All metrics", table_html(metrics_table(metrics))),
         ],
     )
     return out / "index.html"

@@ -1,21 +1,122 @@
-"""Reading a run directory: its config, history, metrics, backup and saved models.
+"""The run directory: who may write it, what it holds, and reading it back.
 
-A run directory holds `config.yaml` (written first), `history.csv` and `best.keras`
-(updated every epoch), `logs/` (TensorBoard), `backup/` (while the run is unfinished), with
-a time budget `plan.json`, and at the end `model.keras` and `metrics.json` (written last:
-its presence means the run is complete).
+A run directory holds `config.yaml` (written once the epochs are known), with a time budget
+`plan.json` (just before it), `history.csv` (a row per epoch), `best.keras` (the best epoch
+so far, once that epoch is committed), `logs/` (TensorBoard), `backup/` (while the run is
+unfinished), and at the end `model.keras` and `metrics.json` (written last: its presence
+means the run is complete).
+
+The contract: a run directory is new, empty, or one of ours (it holds our `config.yaml` or
+`plan.json`); one process writes it at a time (`claim`); only the exact temporaries we
+write are ever cleaned, and only where we write them (`remove_leftovers`).
 """
 
+import contextlib
 import csv
 import dataclasses
 import json
+import os
+import re
 from pathlib import Path
 
+from fashion_keras import files
 from fashion_keras.errors import UserError
+
+SCRATCH = ".budget.part"  # the budget's warm-up writes here (see fashion_keras.budget)
+# The files a run writes, in the run directory and in its backup (as regular expressions).
+RUN_FILES = r"config\.yaml|plan\.json|history\.csv|best\.keras|model\.keras|metrics\.json"
+BACKUP_FILES = r"state\.json|epoch-\d+\.(weights\.h5|random\.npz|best\.keras)"
 
 
 class RunError(UserError):
     """The run directory cannot be used as asked."""
+
+
+def check_ownership(run_dir):
+    """Raises `RunError` unless `run_dir` is absent, empty or one of ours, and unfinished.
+
+    Reads only: a check that fails leaves everything as it was.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        return
+    if not run_dir.is_dir():
+        raise RunError(f"--output {run_dir} is a file, not a directory; choose another --output")
+    if (run_dir / "metrics.json").exists():
+        raise RunError(
+            f"{run_dir} already holds a finished run (metrics.json); choose another --output"
+        )
+    names = [p.name for p in run_dir.iterdir()]
+    ours = {"config.yaml", "plan.json"} & set(names)
+    leftovers = [n for n in names if n != SCRATCH and not _our_temporary(n, RUN_FILES)]
+    if leftovers and not ours:
+        raise RunError(
+            f"--output {run_dir} is not empty and holds no fashion_keras run (no config.yaml); "
+            "choose a new or empty directory"
+        )
+
+
+def _our_temporary(name, targets):
+    target = files.target_of(name)
+    return target is not None and re.fullmatch(targets, target) is not None
+
+
+@contextlib.contextmanager
+def claim(run_dir):
+    """Creates `run_dir` if needed and holds it for this process alone while the block runs.
+
+    The lock is the operating system's (`flock` on the directory itself): it writes no file
+    and dies with its process, so a killed run never leaves a stale lock. A directory this
+    call created is removed again if the block fails before writing anything into it.
+
+    Raises:
+        RunError: another process holds the directory.
+    """
+    import fcntl
+
+    run_dir = Path(run_dir)
+    created = not run_dir.exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(run_dir, os.O_RDONLY)
+    except OSError as e:
+        raise RunError(f"cannot create the run directory {run_dir}: {e.strerror or e}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunError(
+                f"another process is writing {run_dir}; wait for it to finish, or choose "
+                "another --output"
+            ) from None
+        try:
+            yield run_dir
+        except BaseException:
+            if created and not any(run_dir.iterdir()):
+                run_dir.rmdir()
+            raise
+    finally:
+        os.close(fd)
+
+
+def tidy_finished(run_dir):
+    """Removes the backup a run kept when it was killed between writing `metrics.json` (the
+    run is complete) and removing `backup/`. Touches only a finished run of ours."""
+    run_dir = Path(run_dir)
+    backup = run_dir / "backup"
+    finished = (run_dir / "metrics.json").is_file() and (run_dir / "config.yaml").is_file()
+    if finished and backup.is_dir():
+        with claim(run_dir):
+            files.remove(backup)
+
+
+def remove_leftovers(run_dir):
+    """Deletes what a killed process of ours can leave: our temporaries in the run directory
+    and its backup, and the budget's scratch directory. Nothing else."""
+    run_dir = Path(run_dir)
+    files.remove_temporaries(run_dir, RUN_FILES)
+    files.remove_temporaries(run_dir / "backup", BACKUP_FILES)
+    files.remove(run_dir / SCRATCH)
 
 
 def read_history(path):
@@ -62,8 +163,9 @@ def load_run(run_dir):
 def read_backup(backup_dir):
     """`{epochs completed: entry}` of the backup in `backup_dir` ({} if none).
 
-    An entry names the epoch's weights and random-state files and holds the state of early
-    stopping and of the best checkpoint (see `fashion_keras.callbacks.RunState`).
+    An entry names the epoch's weights and random-state files, says whether training
+    stopped, and holds each resumable callback's state under `pieces` (see
+    `fashion_keras.callbacks.RunState`).
     """
     state = read_json(Path(backup_dir) / "state.json")
     return {int(k): v for k, v in state["epochs"].items()} if state else {}
@@ -87,6 +189,11 @@ def restore_backup(model, backup_dir, epoch):
     if epoch not in entries:
         raise RunError(f"{backup_dir} holds no backup of epoch {epoch} (has {sorted(entries)})")
     entry = entries[epoch]
+    if "pieces" not in entry:
+        raise RunError(
+            f"{backup_dir} was written by fashion_keras 0.2.0, whose backups do not resume "
+            "here; finish the run with 0.2.0, or train into a new --output"
+        )
     model.optimizer.build(model.trainable_variables)  # so its state has somewhere to go
     model.load_weights(Path(backup_dir) / entry["weights"])
     with np.load(Path(backup_dir) / entry["random_state"]) as saved:

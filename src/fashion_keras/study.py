@@ -20,14 +20,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from fashion_keras import files
 from fashion_keras.config import load_config
 from fashion_keras.errors import UserError
 from fashion_keras.metrics import expected_calibration_error
 from fashion_keras.models import model_args
+from fashion_keras.pages import image, table_html, write_page
 from fashion_keras.rundir import load_run, load_run_model, read_json
+from fashion_keras.stats import difference_interval, mean_half_width
 
 RATES = tuple(model_args("dropout")["dropout_rates"])  # scaled by each strength
 
@@ -145,16 +146,9 @@ def collect(output, grid=DEFAULT, data_dir=None):
 
 def aggregate(table):
     """Mean and 95% t confidence half-width over seeds, per data size and strength."""
-
-    def half_width(values):
-        values = np.asarray(values, float)
-        if len(values) < 2:
-            return np.nan
-        return stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
-
     grouped = table.groupby(["train_size", "strength"])
     means = grouped[["test_accuracy", "test_loss", "ece"]].mean()
-    halves = grouped[["test_accuracy", "test_loss", "ece"]].agg(half_width).add_suffix("_ci95")
+    halves = grouped[["test_accuracy", "test_loss", "ece"]].agg(mean_half_width).add_suffix("_ci95")
     runs = grouped.size().rename("runs")
     return pd.concat([means, halves, runs], axis=1).reset_index()
 
@@ -178,13 +172,11 @@ def best_strengths(summary):
 def paired_gain(table, strength):
     """The mean test-accuracy gain of `strength` over no dropout, paired by seed, and its 95%
     t half-width (NaN with one seed)."""
-    from fashion_keras.compare import _interval
-
     accuracy = table.pivot_table(index="seed", columns="strength", values="test_accuracy")
     pairs = accuracy[[strength, 0.0]].dropna()
     if len(pairs) < 2:
         return float((pairs[strength] - pairs[0.0]).mean()), np.nan
-    gain, low, high = _interval(pairs[strength], pairs[0.0], paired=True)
+    gain, low, high = difference_interval(pairs[strength], pairs[0.0], paired=True)
     return float(gain), (high - low) / 2
 
 
@@ -270,7 +262,6 @@ def write_study(output, grid=DEFAULT, data_dir=None, docs=None):
         The path of `index.html`.
     """
     from fashion_keras import plots
-    from fashion_keras.report import _image, _table_html, write_page
 
     output = Path(output)
     table = collect(output, grid, data_dir)
@@ -289,7 +280,8 @@ def write_study(output, grid=DEFAULT, data_dir=None, docs=None):
     }
     files.write_json(output / "summary.json", report)
     files.write_text(output / "runs.csv", table.to_csv(index=False))
-    plots.plot_study(summary, output / "study.png")
+    with plots.closing_figures():
+        plots.plot_study(summary, output / "study.png")
     write_page(
         output / "index.html",
         "Dropout study: how much dropout, for how much data?",
@@ -302,17 +294,18 @@ def write_study(output, grid=DEFAULT, data_dir=None, docs=None):
             ),
             (
                 "Test accuracy, loss and calibration against dropout strength",
-                _image("study.png", "metrics against dropout strength"),
+                image("study.png", "metrics against dropout strength"),
             ),  # fmt: skip
             (
                 "Best strength per data size",
-                _table_html(best.set_index("train_size").rename(columns=BEST_COLUMNS)),
+                table_html(best.set_index("train_size").rename(columns=BEST_COLUMNS)),
             ),
-            ("Mean over seeds, with 95% confidence half-widths", _table_html(summary)),
-            ("Every run", _table_html(table.set_index(["train_size", "strength", "seed"]))),
+            ("Mean over seeds, with 95% confidence half-widths", table_html(summary)),
+            ("Every run", table_html(table.set_index(["train_size", "strength", "seed"]))),
         ],
     )
     if docs is not None:
         files.write_json(Path(docs) / "summary.json", report)
-        plots.plot_study(summary, Path(docs) / "study.png")
+        with plots.closing_figures():
+            plots.plot_study(summary, Path(docs) / "study.png")
     return output / "index.html"

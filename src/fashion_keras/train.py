@@ -12,7 +12,6 @@ evaluation and the final writes.
 
 import dataclasses
 import math
-import shutil
 import sys
 import time
 from datetime import datetime
@@ -24,25 +23,27 @@ import pandas as pd
 import tensorflow as tf
 
 import fashion_keras.layers  # noqa: F401  (registers the project's layers for load_model)
-from fashion_keras import budget, distribute, files, machine, rundir
+from fashion_keras import budget, distribute, failpoints, files, machine, rundir
 from fashion_keras import callbacks as cb
 from fashion_keras import config as cfg
-from fashion_keras.data import load_data
+from fashion_keras.data import load_data, make_dataset
+from fashion_keras.errors import interrupt_status
 from fashion_keras.machine import seconds_since_process_start
 from fashion_keras.models import build_model
 from fashion_keras.rundir import RunError
 
 
 class TrainingInterrupted(Exception):
-    """Training stopped on Ctrl-C; the backup lets the same command resume."""
+    """Training stopped on Ctrl-C or SIGTERM; the backup lets the same command resume."""
 
-    def __init__(self, run_dir, epochs_done):
+    def __init__(self, run_dir, epochs_done, exit_status=130):
         super().__init__(
             f"interrupted after {epochs_done} completed epoch(s); run the same command with "
             f"--output {run_dir} to resume"
         )
         self.run_dir = run_dir
         self.epochs_done = epochs_done
+        self.exit_status = exit_status  # 130 for Ctrl-C, 143 for SIGTERM
 
 
 @dataclasses.dataclass
@@ -53,11 +54,11 @@ class TrainResult:
     run_dir: Path
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Setup:
     """What `set_up` decided: where the run goes and how it is distributed."""
 
-    config: cfg.Config  # as saved in the run directory (epochs fixed once planned)
+    config: cfg.Config  # as the run uses it (epochs fixed once planned)
     strategy: tf.distribute.Strategy
     run_dir: Path  # where this process writes (a private directory on non-chief workers)
     output: Path  # the run directory the user named
@@ -66,52 +67,67 @@ class Setup:
     global_batch: int
 
 
-def train(config, output=None, data_dir=None, verbose=None):
+def stopwatch():
+    """A clock for `train(clock=...)`: the seconds since this call."""
+    started = time.perf_counter()
+    return lambda: time.perf_counter() - started
+
+
+def train(config, output=None, data_dir=None, verbose=None, clock=None):
     """Trains the configured model and writes a complete run directory.
 
     Args:
         config: a `Config` (see `fashion_keras.config.load_config`).
         output: the run directory; default `runs/<name>-<timestamp>/`. An unfinished run
-            there is resumed.
+            there is resumed; a directory that is neither empty nor a run is refused.
         data_dir: the directory holding the four Fashion-MNIST files; default: searched
             (see `fashion_keras.data`). Not part of the run's config.
         verbose: Keras' fit verbosity; default a progress bar on a terminal, one line per
             epoch otherwise.
+        clock: a function returning the seconds this run has used, which
+            `training.time_budget_s` counts; default the seconds since this call (the
+            command line counts from process start).
 
     Returns:
         A `TrainResult` with the model, the per-epoch history, the metrics and the run dir.
+
+    Raises:
+        RunError: the run directory is someone else's, finished, or being written by another
+            process; the budget cannot fit one epoch; the training diverged.
 
     Example:
         >>> config = load_config("baseline", ["training.epochs=1"])
         >>> train(config).metrics["test_accuracy"]
     """
-    started = time.perf_counter()
+    clock = clock or stopwatch()
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
     setup = set_up(config, output)
-    (x_train, y_train), validation, test = load_data(data_dir, **dataclasses.asdict(config.data))
-    steps = math.ceil(len(x_train) / setup.global_batch)
-    model, first_epoch, state = build_and_restore(setup)
-    if setup.config.training.epochs is None:
-        setup.config = plan_budget(setup, model, (x_train, y_train), validation, len(test[0]))
-    callbacks = make_callbacks(setup, steps, first_epoch, state)
-    if first_epoch < setup.config.training.epochs and not state.get("stop_training"):
-        fit(setup, model, (x_train, y_train), validation, steps, first_epoch, callbacks, verbose)
-    evaluated_epoch, (test_loss, test_accuracy) = evaluate(setup, model, test)
-    return write_results(
-        setup,
-        model,
-        {
-            "test_loss": float(test_loss),
-            "test_accuracy": float(test_accuracy),
-            "evaluated_epoch": evaluated_epoch,
-            "resumed_from_epoch": first_epoch,
-            "wall_time_s": round(time.perf_counter() - started, 2),
-            "train_size": len(x_train),
-            "val_size": len(validation[0]),
-            "test_size": len(test[0]),
-        },
-    )
+    train_data, validation, test = load_data(data_dir, **dataclasses.asdict(config.data))
+    steps = math.ceil(len(train_data[0]) / setup.global_batch)
+    with rundir.claim(setup.run_dir):  # every check above has passed: now we may write
+        setup = dataclasses.replace(setup, config=open_run_dir(setup.config, setup.run_dir))
+        model, first_epoch, state = build_and_restore(setup)
+        if setup.config.training.epochs is None:
+            setup = plan_budget(setup, model, train_data, validation, len(test[0]), clock)
+        callbacks = make_callbacks(setup, steps, state)
+        if first_epoch < setup.config.training.epochs and not state.get("stop_training"):
+            fit(setup, model, train_data, validation, steps, first_epoch, callbacks, verbose)
+        evaluated_epoch, (test_loss, test_accuracy) = evaluate(setup, model, test)
+        return write_results(
+            setup,
+            model,
+            {
+                "test_loss": float(test_loss),
+                "test_accuracy": float(test_accuracy),
+                "evaluated_epoch": evaluated_epoch,
+                "resumed_from_epoch": first_epoch,
+                "train_size": len(train_data[0]),
+                "val_size": len(validation[0]),
+                "test_size": len(test[0]),
+            },
+            clock,
+        )
 
 
 # --------------------------------------------------------------------------- set up
@@ -132,7 +148,8 @@ def resolve_precision(precision="auto"):
 
 def set_up(config, output=None):
     """Creates the strategy (first: MultiWorkerMirroredStrategy must precede any other
-    TensorFlow work), opens the run directory and seeds the random number generators."""
+    TensorFlow work), checks the run directory (without writing) and seeds the random
+    number generators."""
     d, t = config.distribute, config.training
     strategy = distribute.make_strategy(d.strategy, d.cpu_devices)
     multi_worker = d.strategy == "multi_worker"
@@ -146,7 +163,9 @@ def set_up(config, output=None):
     # $TF_CONFIG says who is chief only for a multi-worker job; other workers write a
     # private copy of the run directory.
     chief = not multi_worker or distribute.is_chief()
-    run_dir, config = prepare_run_dir(config, output if chief else distribute.worker_dir(output))
+    run_dir = Path(output) if chief else distribute.worker_dir(output)
+    rundir.tidy_finished(run_dir)
+    config = run_config(config, run_dir)
     keras.utils.set_random_seed(config.seed)
     if t.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -179,43 +198,46 @@ def _resolved_text(path):
         return None
 
 
-def prepare_run_dir(config, output):
-    """Creates (or reopens, to resume) the run directory and writes `config.yaml`.
+def run_config(config, run_dir):
+    """The config the run in `run_dir` uses, checking (reading only) that it may use it.
 
-    Returns:
-        `(run_dir, config)`: the config as the run will use it. A run that planned its
-        epochs for a time budget (`plan.json`) keeps them when the same budget is asked
-        again, so a resumed run never re-plans.
+    A run that planned its epochs for a time budget (`plan.json`) keeps them when the same
+    budget is asked again, so a resumed run never re-plans.
+
+    Raises:
+        RunError: `run_dir` is not ours (see `rundir.check_ownership`), is finished, or
+            holds an unfinished run of another config.
     """
-    run_dir = Path(output)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RunError(f"--output {run_dir} is a file, not a directory")
-    if (run_dir / "metrics.json").exists():
-        raise RunError(
-            f"{run_dir} already holds a finished run (metrics.json); choose another --output"
-        )
+    rundir.check_ownership(run_dir)
     saved = run_dir / "config.yaml"
     plan = rundir.read_json(run_dir / "plan.json")
     asked = cfg.dump_config(config)
     if plan and config.training.time_budget_s == plan["time_budget_s"]:
         config = budget.with_epochs(config, plan["epochs"])
-    text = cfg.dump_config(config)
-    if saved.exists() and _resolved_text(saved) not in (asked, text):
+    if saved.exists() and _resolved_text(saved) not in (asked, cfg.dump_config(config)):
         raise RunError(
             f"{run_dir} holds an unfinished run with a different config or network; resume it "
             f"with its own: --config {saved} --output {run_dir}, or choose another --output"
         )
-    for stale in list(run_dir.rglob(".*.part*")):  # temporaries of a killed run, never complete
-        if stale.is_dir():
-            shutil.rmtree(stale)
-        else:
-            stale.unlink(missing_ok=True)
-    try:
-        files.check_writable(run_dir)
-    except files.WriteError as e:
-        raise RunError(f"cannot write to {run_dir}: {e}") from None
-    files.write_text(saved, text)
-    return run_dir, config
+    return config
+
+
+def open_run_dir(config, run_dir):
+    """Checks a claimed run directory again (another process may have finished it
+    meanwhile), clears what a killed run of ours left, and writes `config.yaml` once the
+    epochs are known. Returns the config the run uses (see `run_config`)."""
+    config = run_config(config, run_dir)
+    rundir.remove_leftovers(run_dir)
+    if config.training.epochs is not None:
+        _write_config(run_dir, config)
+    return config
+
+
+def _write_config(run_dir, config):
+    text = cfg.dump_config(config)
+    path = run_dir / "config.yaml"
+    if not path.is_file() or path.read_text() != text:
+        files.write_text(path, text)
 
 
 # --------------------------------------------------------------------------- the model
@@ -270,9 +292,13 @@ def build_and_restore(setup):
     return model, first_epoch, state
 
 
-def plan_budget(setup, model, train_data, validation, test_size):
+def plan_budget(setup, model, train_data, validation, test_size, clock):
     """Measures the speed, fixes the epochs that fit `training.time_budget_s`, and records
-    the decision in `plan.json` and `config.yaml`. Returns the config with those epochs."""
+    the decision in `plan.json` and then `config.yaml`. Returns the setup with those epochs.
+
+    Raises:
+        RunError: not even one epoch fits (nothing is written then).
+    """
     with setup.strategy.scope():
         plan = budget.plan_epochs(
             model,
@@ -281,32 +307,29 @@ def plan_budget(setup, model, train_data, validation, test_size):
             validation,
             test_size,
             global_batch=setup.global_batch,
-            scratch_dir=setup.run_dir,
-            elapsed_s=seconds_since_process_start,
+            scratch_dir=setup.run_dir / rundir.SCRATCH,
+            elapsed_s=clock,
         )
     print(budget.describe(plan), flush=True)
     files.write_json(setup.run_dir / "plan.json", dataclasses.asdict(plan))
     config = budget.with_epochs(setup.config, plan.epochs)
-    files.write_text(setup.run_dir / "config.yaml", cfg.dump_config(config))
-    return config
+    _write_config(setup.run_dir, config)
+    return dataclasses.replace(setup, config=config)
 
 
 # --------------------------------------------------------------------------- callbacks
 
 
-def make_callbacks(setup, steps, first_epoch, state):
-    """The run's callbacks, each starting from the backup's state when resuming."""
+def make_callbacks(setup, steps, state):
+    """The run's callbacks; those with resumable state take it back from the backup."""
     run_dir, t = setup.run_dir, setup.config.training
-    stopping = None
+    pieces = {"best_checkpoint": cb.BestCheckpoint(run_dir / "best.keras", run_dir / "backup")}
     if t.early_stopping_patience:
-        resumed = state.get("early_stopping") or {}
-        stopping = cb.EarlyStopping(
-            monitor="val_loss",
-            patience=t.early_stopping_patience,
-            initial_wait=resumed.get("wait", 0),
-            initial_best=resumed.get("best"),
+        pieces["early_stopping"] = cb.EarlyStopping(
+            monitor="val_loss", patience=t.early_stopping_patience
         )
-    checkpoint = cb.BestCheckpoint(run_dir / "best.keras", initial_best=state.get("best_val_loss"))
+    for name, piece in pieces.items():
+        piece.set_state(state.get("pieces", {}).get(name))
     schedule = []
     if t.lr_schedule != "constant":
         schedule = [cb.AnnealLearningRate(t.learning_rate, t.epochs * steps, steps, t.lr_schedule)]
@@ -316,40 +339,13 @@ def make_callbacks(setup, steps, first_epoch, state):
         cb.EpochTimer(),
         cb.HistoryCSV(run_dir / "history.csv"),
         cb.TensorBoard(log_dir=str(run_dir / "logs")),
-        checkpoint,
-        *([stopping] if stopping else []),
+        *pieces.values(),
         # Last: an epoch counts as done once everything above has run for it.
-        cb.RunState(run_dir / "backup", early_stopping=stopping, checkpoint=checkpoint),
+        cb.RunState(run_dir / "backup", pieces),
     ]
 
 
 # --------------------------------------------------------------------------- fit
-
-
-def make_dataset(x, y, batch_size, seed, first_epoch, epochs):
-    """Training batches for epochs `first_epoch..epochs-1`, as one stream.
-
-    Each epoch's order is a stateless shuffle seeded by `(seed, epoch)`, so a run resumed
-    at epoch k sees exactly the batches an uninterrupted run would.
-    """
-    n = len(x)
-    x, y = tf.constant(x), tf.constant(y)
-
-    def epoch_indices(epoch):
-        order = tf.random.experimental.stateless_shuffle(tf.range(n), seed=tf.stack([seed, epoch]))
-        return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
-
-    # Fixed parallelism, no autotuning: the autotuner's thread made deleting the iterator at
-    # the end of fit() block for 4-9 s in 9 of 16 timed runs here (in none of 9 without it).
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    return (
-        tf.data.Dataset.range(first_epoch, epochs)
-        .flat_map(epoch_indices)
-        .map(lambda idx: (tf.gather(x, idx), tf.gather(y, idx)), num_parallel_calls=2)
-        .prefetch(2)
-        .with_options(options)
-    )
 
 
 def fit(setup, model, train_data, validation, steps, first_epoch, callbacks, verbose):
@@ -373,9 +369,9 @@ def fit(setup, model, train_data, validation, steps, first_epoch, callbacks, ver
                 callbacks=callbacks,
                 verbose=verbose,
             )
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
             epochs_done = max(rundir.read_backup(setup.run_dir / "backup"), default=0)
-            raise TrainingInterrupted(setup.output, epochs_done) from None
+            raise TrainingInterrupted(setup.output, epochs_done, interrupt_status(e)) from None
 
 
 # --------------------------------------------------------------------------- evaluate, write
@@ -400,18 +396,39 @@ def evaluate(setup, model, test):
         if setup.config.training.early_stopping_patience:
             model.load_weights(setup.run_dir / "best.keras")
             epoch = min(history, key=lambda row: row["val_loss"])["epoch"]
-        return epoch, model.evaluate(*test, batch_size=setup.global_batch, verbose=0)
+        result = model.evaluate(*test, batch_size=setup.global_batch, verbose=0)
+    failpoints.reached("evaluated")
+    return epoch, result
 
 
-def write_results(setup, model, results):
+def _budget_record(plan, resumed, wall_time_s):
+    """What metrics.json says of the time budget: asked, used, kept (None when resumed: the
+    run's time was split between processes)."""
+    if plan is None:
+        return {"time_budget_s": None, "budget_kept": None}
+    kept = None if resumed else wall_time_s <= plan["time_budget_s"]
+    if kept is False:
+        print(
+            f"Time budget exceeded: the test result came at {wall_time_s:.1f} s of "
+            f"{plan['time_budget_s']:g} s",
+            flush=True,
+        )
+    return {"time_budget_s": plan["time_budget_s"], "budget_kept": kept}
+
+
+def write_results(setup, model, results, clock):
     """Writes `model.keras` and then `metrics.json` (which marks the run complete), removes
     the backup, and returns the `TrainResult`."""
     run_dir, t = setup.run_dir, setup.config.training
+    plan = rundir.read_json(run_dir / "plan.json")
+    wall_time_s = round(clock(), 2)
     history = pd.DataFrame(rundir.read_history(run_dir / "history.csv"))
     best = history.loc[history["val_loss"].idxmin()]
     train_time = history["epoch_time"].sum()
     metrics = {
         **results,
+        "wall_time_s": wall_time_s,
+        **_budget_record(plan, results["resumed_from_epoch"] > 0, wall_time_s),
         "best_epoch": int(best["epoch"]),
         "best_val_loss": float(best["val_loss"]),
         "epochs": len(history),  # fewer than configured if stopped early
@@ -427,13 +444,13 @@ def write_results(setup, model, results):
         "replicas": setup.strategy.num_replicas_in_sync,
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
-        "plan": rundir.read_json(run_dir / "plan.json"),
+        "plan": plan,
     }
     files.save_model(model, run_dir / "model.keras")
     files.write_json(run_dir / "metrics.json", metrics)  # marks the run complete
-    shutil.rmtree(run_dir / "backup", ignore_errors=True)  # only now: nothing left to resume
+    files.remove(run_dir / "backup")  # only now: nothing left to resume
     if not setup.chief:
-        shutil.rmtree(run_dir, ignore_errors=True)
+        files.remove(run_dir)
     print(
         f"Test accuracy {metrics['test_accuracy']:.4f}, test loss {metrics['test_loss']:.4f} "
         f"(epoch {metrics['evaluated_epoch']}); best validation loss "

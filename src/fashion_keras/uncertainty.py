@@ -19,11 +19,11 @@ import numpy as np
 import pandas as pd
 from sklearn.datasets import load_digits
 
+from fashion_keras.checks import check_int
 from fashion_keras.errors import UserError
 from fashion_keras.metrics import (
     accuracy_coverage_curve,
     brier_score,
-    check_int,
     check_labels,
     error_detection_auroc,
     expected_calibration_error,
@@ -225,7 +225,44 @@ def mc_predict(model, x, samples=30, seed=None, batch_size=512, verbose="auto"):
     check_int("batch_size", batch_size, minimum=1)
     verbose = _resolve_verbose(verbose)
     x = _check_images(model, x)
-    sampler = mc_dropout_model(model, seed=seed)
+    return mc_passes(mc_dropout_model(model, seed=seed), x, samples, batch_size, verbose)
+
+
+def _samples_dropout(model):
+    return any(
+        isinstance(layer, AlwaysDropout)
+        or (isinstance(layer, keras.Model) and _samples_dropout(layer))
+        for layer in model.layers
+    )
+
+
+def mc_passes(sampler, x, samples=30, batch_size=512, verbose="auto"):
+    """`mc_predict` with a sampler already built by `mc_dropout_model`: for many batches of
+    images, one copy of the model instead of one per call.
+
+    The sampler's dropout masks go on where the last call left them, so a batch's result
+    depends on the calls before it (and is reproducible with the sampler's seed).
+
+    Args:
+        sampler: `mc_dropout_model(model, seed)`.
+        x, samples, batch_size, verbose: as for `mc_predict`.
+
+    Returns:
+        `Predictions`, as `mc_predict` returns them.
+
+    Example:
+        >>> sampler = mc_dropout_model(model, seed=0)
+        >>> results = [mc_passes(sampler, batch, samples=30) for batch in batches]
+    """
+    check_int("samples", samples, minimum=1)
+    check_int("batch_size", batch_size, minimum=1)
+    verbose = _resolve_verbose(verbose)
+    x = _check_images(sampler, x)
+    if not _samples_dropout(sampler):
+        raise UserError(
+            f"sampler must be a model made by `mc_dropout_model(model)`. Received: "
+            f"sampler={sampler.name!r} (its Dropout layers would not drop)"
+        )
     progbar = keras.utils.Progbar(samples, verbose=verbose, unit_name="pass")
     probabilities, pass_entropy = 0.0, 0.0
     for i in range(samples):
@@ -392,6 +429,8 @@ def uncertainty_summary(
         - `"entropy"`: method -> {"correct": ..., "incorrect": ...}, the test images'
           predictive entropies, for `plot_entropy_histograms`.
         - `"samples"`: the Monte Carlo passes (0 when the model has no dropout).
+        - `"predictions"`: method -> the test images' `Predictions` (so a caller that needs
+          the test set's probabilities does not predict it again).
 
     Example:
         >>> summary = uncertainty_summary(model, x_test, y_test, samples=30)
@@ -406,11 +445,12 @@ def uncertainty_summary(
     results = {"deterministic": deterministic_predict(model, images, batch_size)}
     if dropout_layers(model):
         results["mc_dropout"] = mc_predict(model, images, samples, seed, batch_size, verbose)
-    metrics, coverage, ood, entropy = {}, [], [], {}
+    metrics, coverage, ood, entropy, predictions = {}, [], [], {}, {}
     for method, result in results.items():
         test, *parts = (
             result.select(slice(a, b)) for a, b in zip([0, *ends[:-1]], ends, strict=True)
         )
+        predictions[method] = test
         metrics[method] = _method_metrics(test, y_test, bins)
         curve = accuracy_coverage_curve(test.probabilities, y_test, test.entropy)
         coverage.append(curve.assign(method=method))
@@ -423,4 +463,5 @@ def uncertainty_summary(
         "ood": pd.DataFrame(ood),
         "entropy": entropy,
         "samples": samples if "mc_dropout" in results else 0,
+        "predictions": predictions,
     }

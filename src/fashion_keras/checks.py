@@ -1,0 +1,38 @@
+"""The one check of whole-number arguments, shared by the library and the command line."""
+
+import numbers
+
+from fashion_keras.errors import UserError
+
+
+def check_int(name, value, minimum=0, *, several=False):
+    """Raises a `UserError` unless `value` is an integer of at least `minimum`.
+
+    Python and numpy integers count; `True` and `False` do not, nor do floats such as `3.0`.
+
+    Args:
+        name: the argument's name, as the caller knows it (e.g. `"batch_size"`).
+        value: what was given.
+        minimum: the smallest value allowed.
+        several: also accept a non-empty list or tuple of such integers (as `filters=(32, 64)`).
+
+    Returns:
+        `value`, unchanged.
+
+    Raises:
+        UserError: naming the argument and what was received, e.g. "samples must be an
+            integer of at least 1. Received: samples=0".
+
+    Example:
+        >>> check_int("filters", (32, 64), minimum=1, several=True)
+        (32, 64)
+    """
+    items = value if several and isinstance(value, (list, tuple)) else (value,)
+    if not items or not all(
+        isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= minimum for v in items
+    ):
+        wanted = "integers" if several else "an integer"
+        raise UserError(
+            f"{name} must be {wanted} of at least {minimum}. Received: {name}={value!r}"
+        )
+    return value

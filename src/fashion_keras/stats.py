@@ -1,0 +1,46 @@
+"""Statistics over runs: t confidence intervals of means and of differences, from scipy.stats.
+
+Used by `fashion_keras.compare` (two variants over seeds) and `fashion_keras.study` (a grid
+over seeds).
+"""
+
+import numpy as np
+from scipy import stats
+
+
+def difference_interval(a, b, paired, confidence=0.95):
+    """The mean difference `a - b` with its t confidence interval: paired, or Welch's.
+
+    Args:
+        a, b: the two samples (e.g. test accuracies over seeds).
+        paired: True when `a[i]` and `b[i]` belong together (the same seed): a paired t
+            interval (`scipy.stats.ttest_rel`); False for Welch's (`ttest_ind`, unequal
+            variances).
+        confidence: the interval's confidence level.
+
+    Returns:
+        `(mean difference, low, high)` as floats.
+
+    Example:
+        >>> difference_interval([0.91, 0.94, 0.94, 0.955], [0.90, 0.91, 0.92, 0.915], True)
+        (0.025..., 0.0044..., 0.0455...)
+    """
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    result = stats.ttest_rel(a, b) if paired else stats.ttest_ind(a, b, equal_var=False)
+    interval = result.confidence_interval(confidence)
+    return float(a.mean() - b.mean()), float(interval.low), float(interval.high)
+
+
+def mean_half_width(values, confidence=0.95):
+    """Half the width of the t confidence interval of the mean of `values` (NaN for fewer
+    than two values).
+
+    Example:
+        >>> mean_half_width([0.68, 0.70, 0.72])  # 0.02 * t(0.975, 2) / sqrt(3)
+        0.0496...
+    """
+    values = np.asarray(values, float)
+    if len(values) < 2:
+        return np.nan
+    quantile = stats.t.ppf(0.5 + confidence / 2, len(values) - 1)
+    return float(quantile * values.std(ddof=1) / np.sqrt(len(values)))

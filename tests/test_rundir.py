@@ -1,0 +1,133 @@
+"""The run directory is ours, and only ours: ownership, one writer, exact cleaning."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from fashion_keras import files
+from fashion_keras.rundir import RunError, check_ownership, claim, remove_leftovers
+
+from conftest import CONFIGS, ROOT, run_cli
+
+
+def test_only_a_new_empty_or_own_directory_is_accepted(tmp_path):
+    check_ownership(tmp_path / "new")  # absent
+    check_ownership(tmp_path)  # empty
+    (tmp_path / ".config.0123abcd.part.yaml").write_text("a killed run's temporary")
+    check_ownership(tmp_path)  # only our temporaries: still empty
+    (tmp_path / "notes.txt").write_text("someone's")
+    with pytest.raises(RunError, match="not empty and holds no fashion_keras run"):
+        check_ownership(tmp_path)
+    (tmp_path / "config.yaml").write_text("name: ours\n")
+    check_ownership(tmp_path)
+    (tmp_path / "metrics.json").write_text("{}")
+    with pytest.raises(RunError, match="already holds a finished run"):
+        check_ownership(tmp_path)
+    with pytest.raises(RunError, match="is a file"):
+        check_ownership(tmp_path / "notes.txt")
+
+
+def test_only_the_exact_temporaries_we_write_are_removed(tmp_path):
+    ours = [".model.0123abcd.part.keras", ".history.89abcdef.part.csv"]
+    theirs = [
+        ".draft.partial.txt",
+        ".x.part",
+        ".model.0123abcd.part.keras.bak",  # not a name we write
+        ".notes.0123abcd.part.txt",  # nor this
+        "model.part",
+    ]
+    for name in ours + theirs:
+        (tmp_path / name).write_text("x")
+    (tmp_path / "backup").mkdir()
+    (tmp_path / "backup" / ".epoch-0001.0123abcd.part.weights.h5").write_text("x")
+    (tmp_path / "backup" / ".state.0123abcd.part.json").write_text("x")
+    (tmp_path / "notes").mkdir()  # below the run directory, not where we write
+    (tmp_path / "notes" / ".model.0123abcd.part.keras").write_text("x")
+    remove_leftovers(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(theirs + ["backup", "notes"])
+    assert list((tmp_path / "backup").iterdir()) == []
+    assert (tmp_path / "notes" / ".model.0123abcd.part.keras").exists()
+    for name in ("state.json", "epoch-0001.weights.h5", "b"):
+        assert files.target_of(files.temporary_name(tmp_path / name)) == name
+
+
+def test_a_second_writer_is_refused_at_once(tmp_path):
+    with claim(tmp_path / "run"):
+        with pytest.raises(RunError, match="another process is writing"):
+            with claim(tmp_path / "run"):
+                pass
+    with claim(tmp_path / "run"):  # released with the block
+        pass
+
+
+def test_a_killed_writer_leaves_no_stale_lock(tmp_path):
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom fashion_keras.rundir import claim\n"
+            "with claim(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(120)",
+            str(tmp_path / "run"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(RunError, match="another process is writing"):
+        with claim(tmp_path / "run"):
+            pass
+    holder.kill()
+    holder.wait()
+    with claim(tmp_path / "run"):
+        pass
+
+
+def test_a_directory_claimed_and_left_empty_by_a_failure_is_removed(tmp_path):
+    with pytest.raises(RuntimeError):
+        with claim(tmp_path / "new"):
+            raise RuntimeError("a check failed")
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(RuntimeError):
+        with claim(tmp_path / "mine"):
+            raise RuntimeError("a check failed")
+    assert (tmp_path / "mine").is_dir()  # the user's: kept
+
+
+def _train(output, *extra):
+    return run_cli("train", "--config", CONFIGS / "baseline.yaml", "--output", output, *extra)
+
+
+@pytest.mark.slow
+def test_a_foreign_directory_is_refused_and_left_as_it_was(tmp_path):
+    # The reproduction of the data loss: a file named like a temporary, below the output.
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / ".draft.partial.txt").write_text("keep")
+    result = _train(tmp_path, "--data-dir", tmp_path / "nonexistent")
+    assert result.returncode == 2
+    assert "not empty and holds no fashion_keras run" in result.stderr.splitlines()[-1]
+    assert (tmp_path / "notes" / ".draft.partial.txt").read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["notes", ".draft.partial.txt"][::-1]
+
+
+@pytest.mark.slow
+def test_a_failed_start_writes_nothing(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for output in (empty, tmp_path / "new"):
+        result = _train(output, "--data-dir", tmp_path / "nonexistent")
+        assert result.returncode == 2 and "nonexistent" in result.stderr.splitlines()[-1]
+    assert list(empty.iterdir()) == [] and not (tmp_path / "new").exists()
+
+
+@pytest.mark.slow
+def test_a_second_command_on_the_same_output_is_refused(tmp_path):
+    run_dir = tmp_path / "run"
+    with claim(run_dir):
+        result = _train(run_dir, "--set", "training.epochs=1", "--set", "data.train_limit=100")
+    assert result.returncode == 2
+    assert "another process is writing" in result.stderr.splitlines()[-1]
+    assert os.listdir(run_dir) == []
