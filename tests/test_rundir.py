@@ -7,7 +7,13 @@ import sys
 import pytest
 
 from fashion_keras import files
-from fashion_keras.rundir import RunError, check_ownership, claim, remove_leftovers
+from fashion_keras.rundir import (
+    RunError,
+    check_ownership,
+    claim,
+    remove_leftovers,
+    tidy_finished,
+)
 
 from conftest import CONFIGS, ROOT, run_cli
 
@@ -95,6 +101,26 @@ def test_a_directory_claimed_and_left_empty_by_a_failure_is_removed(tmp_path):
         with claim(tmp_path / "mine"):
             raise RuntimeError("a check failed")
     assert (tmp_path / "mine").is_dir()  # the user's: kept
+
+
+def test_a_finished_runs_leftover_backup_is_removed_and_nothing_else(tmp_path):
+    # A foreign finished run (another tool's metrics.json, config.yaml and backup/): untouched.
+    foreign = tmp_path / "foreign"
+    (foreign / "backup").mkdir(parents=True)
+    for name in ("metrics.json", "config.yaml", "backup/state.json", "backup/model.ckpt"):
+        (foreign / name).write_text("{}")
+    tidy_finished(foreign)
+    assert (foreign / "backup" / "model.ckpt").exists()
+    assert (foreign / "backup" / "state.json").exists()
+    # Ours, killed between metrics.json and the backup's removal: only our files go.
+    ours = tmp_path / "ours"
+    (ours / "backup").mkdir(parents=True)
+    (ours / "metrics.json").write_text("{}")
+    state = '{"epochs": {"3": {"weights": "epoch-0003.weights.h5"}}}'
+    (ours / "backup" / "state.json").write_text(state)
+    (ours / "backup" / "epoch-0003.weights.h5").write_text("x")
+    tidy_finished(ours)
+    assert not (ours / "backup").exists() and (ours / "metrics.json").exists()
 
 
 def _train(output, *extra):

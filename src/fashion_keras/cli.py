@@ -282,6 +282,9 @@ def _terminate(signum, frame):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     verbose = args.verbose or os.environ.get("FASHION_KERAS_VERBOSE", "0") not in ("", "0")
+    # Whoever asks TensorFlow for its own logs wants them all, unfiltered and unbuffered.
+    verbose = verbose or os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2") in ("0", "1")
+    verbose = verbose or "TF_CPP_MAX_VLOG_LEVEL" in os.environ
     # Only the command itself filters fd 2; main(argv) called from Python leaves it alone.
     filtered = argv is None and not verbose and quiet.install()
     try:

@@ -144,21 +144,17 @@ def _not_private(info, uid):
 def private_dir():
     """This user's own folder for the workers' stand-ins, created with mode 0700.
 
-    `$XDG_RUNTIME_DIR/fashion-keras` when that is set, else `fashion-keras-UID` in the
-    temporary directory (`tempfile.gettempdir()`). The same path in every run, so a
-    restarted worker finds its backup; private, so no other user can plant or read it.
+    `fashion-keras-UID` in the temporary directory (`tempfile.gettempdir()`, `$TMPDIR`).
+    The same path in every run, so a restarted worker finds its backup (not
+    `$XDG_RUNTIME_DIR`, which systemd empties when the user's last session ends); private,
+    so no other user can plant or read it.
 
     Raises:
         DistributeError: the folder is a symbolic link, is not a directory, belongs to
             another user, or lets the group or others in.
     """
     uid = os.getuid()
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    path = (
-        Path(runtime) / "fashion-keras"
-        if runtime
-        else Path(tempfile.gettempdir()) / f"fashion-keras-{uid}"
-    )
+    path = Path(tempfile.gettempdir()) / f"fashion-keras-{uid}"
     try:
         path.mkdir(mode=0o700)
     except FileExistsError:
@@ -170,7 +166,7 @@ def private_dir():
         raise DistributeError(
             f"the worker folder {path} {problem}; a non-chief worker keeps its backup there "
             "only when it is your own directory with mode 700. Remove it (or set "
-            "XDG_RUNTIME_DIR to a private directory) and restart the worker"
+            "TMPDIR to a private directory) and restart the worker"
         )
     return path
 

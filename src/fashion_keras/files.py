@@ -66,6 +66,7 @@ def atomic_path(path):
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         yield str(tmp)
+        _sync_file(tmp)  # durable before its name is: a power cut never renames an empty file
         failpoints.reached(f"written {moment}")
         os.replace(tmp, path)
         _sync_directory(path.parent)
@@ -75,6 +76,14 @@ def atomic_path(path):
         if os.path.lexists(tmp):
             tmp.unlink()
     failpoints.reached(f"renamed {moment}")
+
+
+def _sync_file(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _sync_directory(directory):
@@ -97,8 +106,6 @@ def write_text(path, text):
     with atomic_path(path) as tmp:
         with open(tmp, "w") as f:
             f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
 
 
 def write_json(path, data):

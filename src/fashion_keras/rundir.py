@@ -89,24 +89,39 @@ def claim(run_dir):
                 f"another process is writing {run_dir}; wait for it to finish, or choose "
                 "another --output"
             ) from None
-        try:
-            yield run_dir
-        except BaseException:
-            if created and not any(run_dir.iterdir()):
-                run_dir.rmdir()
-            raise
+        except OSError as e:  # a file system without flock (some network or FUSE mounts)
+            raise RunError(
+                f"cannot lock the run directory {run_dir} ({e.strerror or e}); choose an "
+                "--output on a local disk"
+            ) from None
+        yield run_dir
+    except BaseException:
+        if created and run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()
+        raise
     finally:
         os.close(fd)
 
 
 def tidy_finished(run_dir):
     """Removes the backup a run kept when it was killed between writing `metrics.json` (the
-    run is complete) and removing `backup/`. Touches only a finished run of ours."""
+    run is complete) and removing `backup/`. Touches only a finished run of ours: our
+    `state.json` in the backup, and only the files a backup of ours holds."""
     run_dir = Path(run_dir)
     backup = run_dir / "backup"
-    finished = (run_dir / "metrics.json").is_file() and (run_dir / "config.yaml").is_file()
-    if finished and backup.is_dir():
-        with claim(run_dir):
+    if not ((run_dir / "metrics.json").is_file() and (backup / "state.json").is_file()):
+        return
+    try:
+        if not read_backup(backup):
+            return  # not a backup of ours
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return  # nor this
+    with claim(run_dir):
+        for entry in backup.iterdir():
+            if re.fullmatch(BACKUP_FILES, entry.name) and entry.is_file():
+                files.remove(entry)
+        files.remove_temporaries(backup, BACKUP_FILES)
+        if not any(backup.iterdir()):
             files.remove(backup)
 
 

@@ -91,8 +91,11 @@ def run_study(output, grid=DEFAULT, data_dir=None):
     """
     import keras
 
+    from fashion_keras.rundir import tidy_finished
     from fashion_keras.train import train
 
+    for cell in cells(grid):  # a cell killed after its metrics.json may still hold a backup
+        tidy_finished(Path(output) / cell.name)
     todo = [c for c in cells(grid) if not (Path(output) / c.name / "metrics.json").is_file()]
     total = len(cells(grid))
     print(f"Dropout study in {output}: {total - len(todo)} of {total} runs done", flush=True)

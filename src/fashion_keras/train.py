@@ -108,7 +108,8 @@ def train(config, output=None, data_dir=None, verbose=None, clock=None):
     with rundir.claim(setup.run_dir):  # every check above has passed: now we may write
         setup = dataclasses.replace(setup, config=open_run_dir(setup.config, setup.run_dir))
         model, first_epoch, state = build_and_restore(setup)
-        if setup.config.training.epochs is None:
+        planned_now = setup.config.training.epochs is None  # else planned by an earlier process
+        if planned_now:
             setup = plan_budget(setup, model, train_data, validation, len(test[0]), clock)
         callbacks = make_callbacks(setup, steps, state)
         if first_epoch < setup.config.training.epochs and not state.get("stop_training"):
@@ -122,6 +123,7 @@ def train(config, output=None, data_dir=None, verbose=None, clock=None):
                 "test_accuracy": float(test_accuracy),
                 "evaluated_epoch": evaluated_epoch,
                 "resumed_from_epoch": first_epoch,
+                "planned_now": planned_now,
                 "train_size": len(train_data[0]),
                 "val_size": len(validation[0]),
                 "test_size": len(test[0]),
@@ -401,12 +403,12 @@ def evaluate(setup, model, test):
     return epoch, result
 
 
-def _budget_record(plan, resumed, wall_time_s):
-    """What metrics.json says of the time budget: asked, used, kept (None when resumed: the
-    run's time was split between processes)."""
+def _budget_record(plan, planned_now, wall_time_s):
+    """What metrics.json says of the time budget: asked, used, kept (None when an earlier
+    process planned it: the run's time was split between processes)."""
     if plan is None:
         return {"time_budget_s": None, "budget_kept": None}
-    kept = None if resumed else wall_time_s <= plan["time_budget_s"]
+    kept = wall_time_s <= plan["time_budget_s"] if planned_now else None
     if kept is False:
         print(
             f"Time budget exceeded: the test result came at {wall_time_s:.1f} s of "
@@ -422,13 +424,15 @@ def write_results(setup, model, results, clock):
     run_dir, t = setup.run_dir, setup.config.training
     plan = rundir.read_json(run_dir / "plan.json")
     wall_time_s = round(clock(), 2)
+    results = dict(results)
+    planned_now = results.pop("planned_now")
     history = pd.DataFrame(rundir.read_history(run_dir / "history.csv"))
     best = history.loc[history["val_loss"].idxmin()]
     train_time = history["epoch_time"].sum()
     metrics = {
         **results,
         "wall_time_s": wall_time_s,
-        **_budget_record(plan, results["resumed_from_epoch"] > 0, wall_time_s),
+        **_budget_record(plan, planned_now, wall_time_s),
         "best_epoch": int(best["epoch"]),
         "best_val_loss": float(best["val_loss"]),
         "epochs": len(history),  # fewer than configured if stopped early
