@@ -44,3 +44,32 @@ def mean_half_width(values, confidence=0.95):
         return np.nan
     quantile = stats.t.ppf(0.5 + confidence / 2, len(values) - 1)
     return float(quantile * values.std(ddof=1) / np.sqrt(len(values)))
+
+
+def paired_p_value(a, b):
+    """The two-sided p-value of a paired t test of `a` against `b` (`scipy.stats.ttest_rel`);
+    NaN for fewer than two pairs."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    return float(stats.ttest_rel(a, b).pvalue) if len(a) > 1 else np.nan
+
+
+def holm(p_values):
+    """Holm's step-down correction of p-values for multiple comparisons.
+
+    The k-th smallest of m p-values is multiplied by m - k + 1, and each adjusted value is at
+    least the one before it (capped at 1), so that rejecting every adjusted p below alpha
+    keeps the chance of any false claim among the m below alpha. NaN stays NaN.
+
+    Example:
+        >>> holm([0.01, 0.04, 0.03, 0.20])
+        [0.04, 0.09, 0.09, 0.2]
+    """
+    p = np.asarray(p_values, float)
+    adjusted = np.full(len(p), np.nan)
+    valid = np.flatnonzero(~np.isnan(p))
+    order = valid[np.argsort(p[valid])]
+    running = 0.0
+    for k, i in enumerate(order):
+        running = max(running, min(1.0, (len(valid) - k) * p[i]))
+        adjusted[i] = running
+    return [float(round(a, 12)) for a in adjusted]

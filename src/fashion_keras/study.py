@@ -28,7 +28,7 @@ from fashion_keras.metrics import expected_calibration_error
 from fashion_keras.models import model_args
 from fashion_keras.pages import image, table_html, write_page
 from fashion_keras.rundir import load_run, load_run_model, read_json
-from fashion_keras.stats import difference_interval, mean_half_width
+from fashion_keras.stats import difference_interval, holm, mean_half_width, paired_p_value
 
 RATES = tuple(model_args("dropout")["dropout_rates"])  # scaled by each strength
 
@@ -172,19 +172,54 @@ def best_strengths(summary):
     return pd.DataFrame(rows)
 
 
-def paired_gain(table, strength):
-    """The mean test-accuracy gain of `strength` over no dropout, paired by seed, and its 95%
-    t half-width (NaN with one seed)."""
+def gains_over_none(table):
+    """For one data size: each strength's test-accuracy gain over no dropout, paired by seed.
+
+    The best of several strengths, picked on the test set, would look better than the seeds'
+    noise more often than a single comparison: so each gain's p-value (paired t test) is
+    corrected with Holm's method for all the strengths compared, and only the corrected
+    p-value decides whether a gain is more than the noise.
+
+    Returns:
+        A DataFrame indexed by strength (> 0) with `gain`, `half_width` (of the 95% t
+        interval; NaN with one seed), `p` and `p_holm`.
+    """
     accuracy = table.pivot_table(index="seed", columns="strength", values="test_accuracy")
-    pairs = accuracy[[strength, 0.0]].dropna()
-    if len(pairs) < 2:
-        return float((pairs[strength] - pairs[0.0]).mean()), np.nan
-    gain, low, high = difference_interval(pairs[strength], pairs[0.0], paired=True)
-    return float(gain), (high - low) / 2
+    rows = {}
+    for strength in [s for s in accuracy.columns if s != 0]:
+        pairs = accuracy[[strength, 0.0]].dropna()
+        gain, half = float((pairs[strength] - pairs[0.0]).mean()), np.nan
+        if len(pairs) > 1:
+            gain, low, high = difference_interval(pairs[strength], pairs[0.0], paired=True)
+            half = (high - low) / 2
+        rows[strength] = {
+            "gain": gain,
+            "half_width": half,
+            "p": paired_p_value(pairs[strength], pairs[0.0]),
+        }
+    gains = pd.DataFrame.from_dict(rows, orient="index")
+    gains["p_holm"] = holm(gains["p"])
+    return gains
+
+
+def _gain_words(gains, strength):
+    row = gains.loc[strength]
+    if np.isnan(row["half_width"]):
+        return f"{100 * row['gain']:+.2f} points, one seed"
+    noise = "more than" if row["p_holm"] < 0.05 else "within"
+    return (
+        f"{100 * row['gain']:+.2f} ± {100 * row['half_width']:.2f} points, {noise} the seeds' "
+        f"noise: p = {row['p_holm']:.3f} after Holm's correction for {len(gains)} "
+        f"comparison{'s' if len(gains) > 1 else ''}"
+    )
 
 
 def conclusions(table, summary):
-    """The grid's answers in plain words, computed from the numbers (never written by hand)."""
+    """The grid's answers in plain words, computed from the numbers (never written by hand).
+
+    Each sentence speaks of one named strength: the one with the best mean test accuracy
+    at that data size. Its gain is judged after Holm's correction (see `gains_over_none`).
+    """
     lines = []
     for size, group in summary.groupby("train_size"):
         none = group[group["strength"] == 0].iloc[0] if (group["strength"] == 0).any() else None
@@ -196,17 +231,12 @@ def conclusions(table, summary):
         elif best["strength"] == 0:
             text += "no dropout did best on test accuracy"
         else:
-            gain, half = paired_gain(table[table["train_size"] == size], best["strength"])
-            if np.isnan(half):
-                sure = f"{100 * gain:+.2f} points, one seed"
-            else:
-                noise = "more than" if gain > half else "within"
-                sure = f"{100 * gain:+.2f} ± {100 * half:.2f} points, {noise} the seeds' noise"
+            gains = gains_over_none(table[table["train_size"] == size])
             text += (
                 f"dropout x{best['strength']:g} did best: test accuracy "
                 f"{best['test_accuracy']:.4f} against {none['test_accuracy']:.4f} without "
-                f"({sure}), "
-                f"test loss {best['test_loss']:.3f} against {none['test_loss']:.3f}, "
+                f"({_gain_words(gains, best['strength'])}); at x{best['strength']:g} the "
+                f"test loss is {best['test_loss']:.3f} against {none['test_loss']:.3f}, the "
                 f"calibration error {best['ece']:.3f} against {none['ece']:.3f}"
             )
         if len(overfit):
@@ -221,15 +251,18 @@ def conclusions(table, summary):
 
 
 def trend(summary):
-    """How the best strength's gains over no dropout change with the data size, in words."""
-    sizes, accuracy, loss = [], [], []
+    """How the best strength's gains over no dropout change with the data size, in words:
+    the accuracy gain and the loss cut of one strength per size, the best on accuracy."""
+    sizes, strengths, accuracy, loss = [], [], [], []
     for size, group in summary.groupby("train_size"):
         if not (group["strength"] == 0).any():
             continue
         none = group[group["strength"] == 0].iloc[0]
+        best = group.loc[group["test_accuracy"].idxmax()]
         sizes.append(f"{size:,}")
-        accuracy.append(f"{100 * (group['test_accuracy'].max() - none['test_accuracy']):+.2f}")
-        loss.append(1 - group["test_loss"].min() / none["test_loss"])
+        strengths.append(f"x{best['strength']:g}")
+        accuracy.append(f"{100 * (best['test_accuracy'] - none['test_accuracy']):+.2f}")
+        loss.append(1 - best["test_loss"] / none["test_loss"])
 
     def order(values):
         if all(a > b for a, b in zip(values, values[1:], strict=False)):
@@ -240,8 +273,9 @@ def trend(summary):
 
     cuts = ", ".join(f"{100 * c:.0f}%" for c in loss)
     return (
-        f"Across {', '.join(sizes)} images: the best strength gains {', '.join(accuracy)} "
-        f"points of test accuracy and cuts the test loss by {cuts}: a cut {order(loss)}."
+        f"Across {', '.join(sizes)} images, the strength with the best test accuracy "
+        f"({', '.join(strengths)}) gains {', '.join(accuracy)} points of it and cuts the test "
+        f"loss by {cuts}: a cut {order(loss)}."
     )
 
 
@@ -293,7 +327,10 @@ def write_study(output, grid=DEFAULT, data_dir=None, docs=None):
                 "Conclusions",
                 "<ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in words) + "</ul>"
                 "<p>±: the 95% t interval of the gain in test accuracy over the seeds, each "
-                "seed's run compared with the same seed's run without dropout.</p>",
+                "seed's run compared with the same seed's run without dropout. The best "
+                "strength is picked on the test set, so whether its gain is more than the "
+                "seeds' noise is judged by a paired t test corrected with Holm's method for "
+                "every strength compared.</p>",
             ),
             (
                 "Test accuracy, loss and calibration against dropout strength",

@@ -123,12 +123,12 @@ def train(config, output=None, data_dir=None, verbose=None, clock=None):
                 "test_accuracy": float(test_accuracy),
                 "evaluated_epoch": evaluated_epoch,
                 "resumed_from_epoch": first_epoch,
-                "planned_now": planned_now,
                 "train_size": len(train_data[0]),
                 "val_size": len(validation[0]),
                 "test_size": len(test[0]),
             },
             clock,
+            planned_now,
         )
 
 
@@ -418,14 +418,13 @@ def _budget_record(plan, planned_now, wall_time_s):
     return {"time_budget_s": plan["time_budget_s"], "budget_kept": kept}
 
 
-def write_results(setup, model, results, clock):
+def write_results(setup, model, results, clock, planned_now):
     """Writes `model.keras` and then `metrics.json` (which marks the run complete), removes
-    the backup, and returns the `TrainResult`."""
+    the backup, and returns the `TrainResult`. `planned_now`: this process planned the
+    budget (so `clock` counts the whole run)."""
     run_dir, t = setup.run_dir, setup.config.training
     plan = rundir.read_json(run_dir / "plan.json")
     wall_time_s = round(clock(), 2)
-    results = dict(results)
-    planned_now = results.pop("planned_now")
     history = pd.DataFrame(rundir.read_history(run_dir / "history.csv"))
     best = history.loc[history["val_loss"].idxmin()]
     train_time = history["epoch_time"].sum()
