@@ -83,8 +83,12 @@ def _two_strengths():
                 gain = gains[strength][seed - 1] if strength else 0.0
                 rows.append(
                     {
-                        "strength": strength, "train_size": size, "seed": seed,
-                        "test_accuracy": base + gain, "test_loss": loss, "ece": 0.05,
+                        "strength": strength,
+                        "train_size": size,
+                        "seed": seed,
+                        "test_accuracy": base + gain,
+                        "test_loss": loss,
+                        "ece": 0.05,
                         "overfits": strength == 0,
                     }  # fmt: skip
                 )
