@@ -84,13 +84,13 @@ browser: ## install headless Chromium for the page tests (Debian, as root)
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  apt-get update -q && apt-get install -y -q chromium; } || echo "chromium unavailable: page tests will skip"
 
-test: data browser ## run the test suite, as CI does (real data; trains small models; ~12 min)
+test: data browser ## the test suite, as CI runs it first (real data; trains small models)
 	$(BIN)/pytest -q -m "not crash"
 
 test-fast: data ## the unit tier for the edit loop: no training subprocess, about a minute
 	$(BIN)/pytest -q -m "not slow"
 
-test-crash: data ## kill a run at every durable moment and fail every write; CI runs it (~25 min)
+test-crash: data ## kill a run at every durable moment and fail every write; CI runs it (~22 min)
 	$(BIN)/pytest -q -m crash
 
 test-oldest: data ## the unit tier and the resume/kill tier on the lowest versions pyproject.toml admits
