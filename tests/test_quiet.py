@@ -149,31 +149,20 @@ def test_the_command_filters_unless_asked_to_be_verbose(monkeypatch, argv, env, 
     assert calls == (["install"] if installs else [])
 
 
+def _train(output, verbose):
+    args = ["train", "--config", "baseline", *[f"--set={s}" for s in SMALL], "--output", output]
+    return run_cli(*args, env={"FASHION_KERAS_VERBOSE": verbose})
+
+
 @pytest.mark.slow
 def test_the_command_hides_tensorflow_start_up_notices_unless_verbose(tmp_path):
-    quiet_run = run_cli(
-        "train",
-        "--config",
-        "baseline",
-        *[f"--set={s}" for s in SMALL],
-        "--output",
-        tmp_path / "quiet",
-        env={"FASHION_KERAS_VERBOSE": "0"},
-    )
+    quiet_run = _train(tmp_path / "quiet", "0")
     assert quiet_run.returncode == 0, quiet_run.stderr
     assert '"test_accuracy"' in quiet_run.stdout
     for notice in ("cuInit", "absl::InitializeLog", "cudart_stub"):
         assert notice not in quiet_run.stderr
 
-    loud = run_cli(
-        "train",
-        "--config",
-        "baseline",
-        *[f"--set={s}" for s in SMALL],
-        "--output",
-        tmp_path / "loud",
-        env={"FASHION_KERAS_VERBOSE": "1"},
-    )
+    loud = _train(tmp_path / "loud", "1")
     assert loud.returncode == 0, loud.stderr
     # What TensorFlow 2.17+ prints on every machine, once absl logs before it is initialised.
     assert "absl::InitializeLog" in loud.stderr
