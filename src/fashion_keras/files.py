@@ -38,14 +38,20 @@ def target_of(name):
     return match["stem"] + match["suffix"] if match else None
 
 
+def is_temporary(name, targets):
+    """Whether `name` is our temporary of a file whose name fully matches the regular
+    expression `targets`."""
+    target = target_of(name)
+    return target is not None and re.fullmatch(targets, target) is not None
+
+
 def remove_temporaries(directory, targets):
     """Deletes the temporaries a killed process left directly in `directory` (not below)
     for the files whose names fully match the regular expression `targets`."""
     directory = Path(directory)
     if directory.is_dir():
         for entry in directory.iterdir():
-            target = target_of(entry.name)
-            if target and re.fullmatch(targets, target) and entry.is_file():
+            if is_temporary(entry.name, targets) and entry.is_file():
                 entry.unlink()
 
 

@@ -48,17 +48,12 @@ def check_ownership(run_dir):
         )
     names = [p.name for p in run_dir.iterdir()]
     ours = {"config.yaml", "plan.json"} & set(names)
-    leftovers = [n for n in names if n != SCRATCH and not _our_temporary(n, RUN_FILES)]
+    leftovers = [n for n in names if n != SCRATCH and not files.is_temporary(n, RUN_FILES)]
     if leftovers and not ours:
         raise RunError(
             f"--output {run_dir} is not empty and holds no fashion_keras run (no config.yaml); "
             "choose a new or empty directory"
         )
-
-
-def _our_temporary(name, targets):
-    target = files.target_of(name)
-    return target is not None and re.fullmatch(targets, target) is not None
 
 
 @contextlib.contextmanager
