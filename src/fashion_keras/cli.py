@@ -22,6 +22,7 @@ examples:
   fashion-keras train --config improved --set training.time_budget_s=300
   fashion-keras train --config dropout --set training.epochs=3 --output runs/try
   fashion-keras evaluate runs/try
+  fashion-keras export runs/try --format onnx
   fashion-keras report runs/baseline
   fashion-keras compare runs/baseline runs/dropout --output runs/comparison
   fashion-keras predict --model runs/baseline/model.keras shirt.png batch.npy
@@ -56,6 +57,25 @@ def _evaluate(args):
         json.dumps(
             evaluate_run(args.run_dir, data_dir=args.data_dir, checkpoint=args.checkpoint), indent=2
         )
+    )
+
+
+def _export(args):
+    from fashion_keras.export import TOLERANCE, export_run
+
+    done = export_run(
+        args.run_dir,
+        args.format,
+        output=args.output,
+        checkpoint=args.checkpoint,
+        images=args.images,
+        data_dir=args.data_dir,
+    )
+    parity = done.parity
+    print(
+        f"Wrote {done.path} ({done.format}, {done.bytes / 1e6:.1f} MB). On {parity.images:,} test "
+        f"images it gives Keras' class for {parity.same_class:,}; the largest difference of a "
+        f"class probability is {parity.max_difference:.1e} (allowed {TOLERANCE:.0e})."
     )
 
 
@@ -206,6 +226,33 @@ def build_parser():
     )
     _add_data_dir(p)
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser(
+        "export",
+        help="export a run's model (SavedModel, ONNX or LiteRT), checked against Keras",
+        description="Writes the model's inference pass in float32 and publishes it only if, "
+        "on the first test images, its runtime (TensorFlow's serving signature, ONNX Runtime "
+        'or the LiteRT interpreter) agrees with Keras. Needs: pip install "fashion_keras[export]".',
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--format", required=True, choices=["savedmodel", "onnx", "litert"])
+    p.add_argument(
+        "--output",
+        metavar="PATH",
+        help="default RUN_DIR/export/savedmodel, model.onnx or model.tflite",
+    )
+    p.add_argument(
+        "--checkpoint", default="model.keras", help="model file in RUN_DIR (default model.keras)"
+    )
+    p.add_argument(
+        "--images",
+        type=at_least(1),
+        default=1000,
+        metavar="N",
+        help="test images to compare the export with Keras on (default 1000)",
+    )
+    _add_data_dir(p)
+    p.set_defaults(func=_export)
 
     p = sub.add_parser(
         "report", help="write RUN_DIR/report/ (curves, samples, metrics, index.html)"

@@ -10,10 +10,18 @@ and 1.27x in float32 (Intel Xeon with AMX, synthetic data; see README). Variable
 results are Keras' own (to float rounding), so weights move freely between the two layers.
 
 `AddMirrors` and `AverageMirrors`: outside training, the network also sees each image's
-horizontal mirror, and outputs the mean of the two results (`build_cnn(test_time_flip=True)`)."""
+horizontal mirror, and outputs the mean of the two results (`build_cnn(test_time_flip=True)`).
+
+On JAX and PyTorch every layer here runs Keras' own ops, so a model saved on one backend
+loads and predicts the same on the others.
+
+Call a model with these layers as `model(x, training=False)`, or use `predict`: in Keras
+3.15.1 and earlier, a bare `model(x)` hands the augmentation layers' default `training=True`
+on to the layers after them (keras-team/keras#23166), so the mirrors would be added but not
+averaged (and batch normalisation would use the batch's statistics). `fit`, `evaluate`,
+`predict` and `fashion_keras.export` always say which mode they mean."""
 
 import keras
-import tensorflow as tf
 
 
 def _fusable(layer, inputs, mask):
@@ -44,6 +52,8 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     def call(self, inputs, training=None, mask=None):
         if not _fusable(self, inputs, mask):
             return super().call(inputs, training=training, mask=mask)
+        import tensorflow as tf  # only on the TensorFlow backend
+
         fit = bool(training and self.trainable)
         empty = tf.constant([], dtype="float32")
         outputs, mean, variance, *_ = tf.raw_ops.FusedBatchNormV3(
@@ -81,6 +91,9 @@ class AddMirrors(keras.layers.Layer):
             return images
         return keras.ops.concatenate([images, keras.ops.flip(images, axis=2)], axis=0)
 
+    def compute_output_shape(self, input_shape):
+        return (None, *input_shape[1:])  # n images, or 2n outside training
+
 
 @keras.saving.register_keras_serializable(package="fashion_keras")
 class AverageMirrors(keras.layers.Layer):
@@ -97,5 +110,10 @@ class AverageMirrors(keras.layers.Layer):
     def call(self, outputs, training=None):
         if training:
             return outputs
-        n = keras.ops.shape(outputs)[0] // 2
-        return (outputs[:n] + outputs[n:]) / 2
+        # (2n, k) -> (2, n, k): the images' outputs, then their mirrors'. A reshape, not a
+        # slice at n, so that the batch size may stay unknown on every backend and exporter.
+        pairs = keras.ops.reshape(outputs, (2, -1, *outputs.shape[1:]))
+        return keras.ops.mean(pairs, axis=0)
+
+    def compute_output_shape(self, input_shape):
+        return (None, *input_shape[1:])
