@@ -1,4 +1,4 @@
-"""The one check of whole-number arguments, and the places that use it."""
+"""The shared checks of numeric arguments, and the places that use them."""
 
 import argparse
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fashion_keras import checks, cli, metrics, models, uncertainty
-from fashion_keras.checks import check_int
+from fashion_keras.checks import check_int, check_positive
 from fashion_keras.errors import UserError
 
 
@@ -68,3 +68,25 @@ def test_the_command_line_refuses_in_argparse_words(text):
         argparse.ArgumentTypeError, match=f"expected a whole number >= 1, got {text!r}"
     ):
         cli.at_least(1)(text)
+
+
+@pytest.mark.parametrize("value", [1.5, 3, np.float32(0.25), np.int64(2)])
+def test_positive_numbers_pass_as_floats(value):
+    checked = check_positive("temperature", value)
+    assert checked == value and type(checked) is float
+
+
+@pytest.mark.parametrize("value", [0, -1.5, float("nan"), float("inf"), True, "2", None])
+def test_anything_but_a_positive_number_names_what_was_received(value):
+    with pytest.raises(UserError) as e:
+        check_positive("temperature", value)
+    assert str(e.value) == (
+        f"temperature must be a finite number above 0. Received: temperature={value!r}"
+    )
+
+
+@pytest.mark.parametrize("text", ["0", "-2", "nan", "inf", "one", ""])
+def test_the_command_line_refuses_non_positive_numbers_in_argparse_words(text):
+    with pytest.raises(argparse.ArgumentTypeError, match=f"expected a number > 0, got {text!r}"):
+        cli.positive_number(text)
+    assert cli.positive_number("1.5") == 1.5

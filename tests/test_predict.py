@@ -1,5 +1,7 @@
 import io
 import json
+import os
+import signal
 
 import keras
 import numpy as np
@@ -8,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from fashion_keras import CLASS_NAMES, build_model
+from fashion_keras import CLASS_NAMES, build_cnn, build_model
 from fashion_keras.predict import InputError, predict_files, read_inputs
 
 from conftest import run_cli
@@ -172,3 +174,138 @@ def test_monte_carlo_dropout_clones_the_model_once_per_call(tmp_path, monkeypatc
     # The masks run on from file to file: the same images get other passes.
     assert results[0]["entropy"] != results[2]["entropy"]
     assert results == predict_files(model, paths, mc_samples=2, seed=0)
+
+
+# --------------------------------------------------------------------------- ensembles, temperature
+
+
+@pytest.fixture(scope="module")
+def tiny_paths(tmp_path_factory):
+    """Two small models that differ only in their random initialisation, saved."""
+    directory = tmp_path_factory.mktemp("tiny")
+    paths = []
+    for seed in (1, 2):
+        keras.utils.set_random_seed(seed)
+        paths.append(directory / f"seed{seed}.keras")
+        build_cnn(filters=(4,), units=8).save(paths[-1])
+    return paths
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    path = tmp_path_factory.mktemp("images") / "three.npy"
+    np.save(path, np.random.default_rng(0).random((3, 28, 28)).astype("float32"))
+    return path
+
+
+def _softmax_of(path, images, temperature=1.0):
+    logits = keras.saving.load_model(path).predict(read_inputs(images), verbose=0)
+    return np.asarray(keras.ops.softmax(np.asarray(logits, "float64") / temperature, axis=-1))
+
+
+def _top(result):
+    return dict(result["top"])
+
+
+def test_an_ensemble_averages_its_models_and_reports_their_disagreement(tiny_paths, images):
+    results = predict_files(tiny_paths, [images], top=10)
+    mean = (_softmax_of(tiny_paths[0], images) + _softmax_of(tiny_paths[1], images)) / 2
+    assert len(results) == 3
+    for result, expected in zip(results, mean, strict=True):
+        np.testing.assert_allclose([_top(result)[c] for c in CLASS_NAMES], expected, atol=1e-6)
+        assert result["mutual_information"] > 0  # two different initialisations disagree
+    # A list of one model is that model: the same output as today, no mutual information.
+    assert predict_files(tiny_paths[:1], [images]) == predict_files(tiny_paths[0], [images])
+    assert "mutual_information" not in predict_files(tiny_paths[:1], [images])[0]
+
+
+def test_temperature_divides_the_logits(tiny_paths, images):
+    plain = predict_files(tiny_paths[0], [images], top=10)
+    scaled = predict_files(tiny_paths[0], [images], top=10, temperature=0.25)
+    expected = _softmax_of(tiny_paths[0], images, temperature=0.25)
+    for result, before, p in zip(scaled, plain, expected, strict=True):
+        assert set(result) == set(before) == {"file", "index", "top", "entropy"}
+        np.testing.assert_allclose([_top(result)[c] for c in CLASS_NAMES], p, atol=1e-6)
+        assert result["entropy"] < before["entropy"]  # T < 1 sharpens
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"temperature": 2.0, "mc_samples": 3}, "Give --temperature or --mc-samples, not both"),
+        ({"temperature": 2.0, "ensemble": True}, "Received: 2 models and temperature=2.0"),
+        ({"mc_samples": 3, "ensemble": True}, "Received: 2 models and mc_samples=3"),
+        ({"temperature": 0}, "Received: temperature=0"),
+        ({"temperature": "warm"}, "Received: temperature='warm'"),
+    ],
+)
+def test_options_that_do_not_go_together_are_clear_errors(tiny_paths, images, kwargs, message):
+    model = tiny_paths if kwargs.pop("ensemble", False) else tiny_paths[0]
+    with pytest.raises(ValueError, match=message):
+        predict_files(model, [images], **kwargs)
+
+
+def test_an_ensemble_of_models_that_do_not_fit_is_a_clear_error(tiny_paths, images, tmp_path):
+    build_cnn(num_classes=5, filters=(4,), units=8).save(tmp_path / "five.keras")
+    with pytest.raises(ValueError, match=r"models\[1\] takes \(28, 28, 1\) -> 5 classes"):
+        predict_files([tiny_paths[0], tmp_path / "five.keras"], [images])
+
+
+@pytest.fixture
+def main(monkeypatch, capsys):
+    """`fashion-keras ARGS` in this process: (exit status, stdout, stderr)."""
+    from fashion_keras import cli
+
+    monkeypatch.delenv("FASHION_KERAS_DEBUG", raising=False)
+    for name, value in {"MPLBACKEND": "Agg", "TF_CPP_MIN_LOG_LEVEL": "2"}.items():
+        monkeypatch.setenv(name, os.environ.get(name, value))  # main() sets them; undo after
+    monkeypatch.setattr(signal, "signal", lambda *args: None)  # and leave pytest's SIGTERM
+
+    def run(*args):
+        status = cli.main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return status, captured.out, captured.err
+
+    return run
+
+
+def test_predict_cli_takes_several_models_and_a_temperature(main, tiny_paths, images):
+    first, second = tiny_paths
+    status, out, err = main("predict", "--model", first, "--model", second, "--json", images)
+    assert (status, err) == (0, "")
+    assert json.loads(json.dumps(predict_files(tiny_paths, [images]))) == json.loads(out)
+    status, out, _ = main("predict", "--model", first, "--temperature", "0.25", "--json", images)
+    expected = predict_files(first, [images], temperature=0.25)
+    assert status == 0 and json.loads(out) == json.loads(json.dumps(expected))
+    # One model, as before: a line per image with its entropy only.
+    status, out, _ = main("predict", "--model", first, images)
+    lines = out.splitlines()
+    assert status == 0 and len(lines) == 3
+    assert lines[0].startswith(f"{images}[0]: ") and lines[0].endswith(")")
+    assert all("(entropy " in line and "mutual" not in line for line in lines)
+    status, out, _ = main("predict", "--model", first, "--model", second, images)
+    assert all(", mutual information " in line for line in out.splitlines())
+
+
+def test_predict_cli_refuses_a_temperature_with_monte_carlo_dropout(
+    main, capsys, tiny_paths, images
+):
+    status, out, err = main(
+        "predict", "--model", tiny_paths[0], "--temperature", "2", "--mc-samples", "3", images
+    )
+    assert status == 2 and out == ""
+    [line] = err.splitlines()
+    assert line.startswith("fashion-keras: error: temperature scales one ordinary prediction")
+    with pytest.raises(SystemExit) as e:
+        main("predict", "--model", tiny_paths[0], "--temperature", "0", images)
+    assert e.value.code == 2
+    assert "argument --temperature: expected a number > 0, got '0'" in capsys.readouterr().err
+
+
+def test_predict_help_explains_ensembles_and_temperature(main, capsys):
+    with pytest.raises(SystemExit) as e:
+        main("predict", "--help")
+    text = " ".join(capsys.readouterr().out.split())
+    assert e.value.code == 0
+    assert "repeat it for an ensemble" in text and "--temperature T" in text
+    assert "fit_temperature" in text

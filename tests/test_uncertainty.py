@@ -19,9 +19,12 @@ from fashion_keras.uncertainty import (
     AlwaysDropout,
     deterministic_predict,
     dropout_layers,
+    ensemble_predict,
+    fit_temperature,
     mc_dropout_model,
     mc_predict,
     ood_sets,
+    temperature_predict,
     uncertainty_summary,
 )
 
@@ -33,8 +36,8 @@ def x():
     return np.random.default_rng(0).random((16, 28, 28, 1), dtype="float32")
 
 
-def _tiny(**kwargs):
-    keras.utils.set_random_seed(0)
+def _tiny(seed=0, **kwargs):
+    keras.utils.set_random_seed(seed)
     return build_cnn(filters=(4,), units=8, **kwargs)
 
 
@@ -178,6 +181,136 @@ def test_model_without_dropout_is_a_clear_error(x, make_model):
 def test_bad_arguments_are_clear_errors(x, everything_model, kwargs, message):
     with pytest.raises(ValueError, match=message):
         mc_predict(everything_model, **{"x": x, **kwargs})
+
+
+# --------------------------------------------------------------------------- temperature
+
+
+def _softmax(logits):
+    return np.asarray(keras.ops.softmax(np.asarray(logits, "float64"), axis=-1))
+
+
+def _labels_drawn_from(probabilities, rng):
+    """One class per row, drawn with the row's probabilities."""
+    draws = rng.random((len(probabilities), 1))
+    return (probabilities.cumsum(axis=1) < draws).sum(axis=1)
+
+
+@pytest.mark.parametrize("true_temperature", [0.5, 2.5])
+def test_fit_temperature_finds_the_temperature_the_labels_were_drawn_with(true_temperature):
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, size=(20_000, 10))
+    y = _labels_drawn_from(_softmax(logits / true_temperature), rng)
+    fitted = fit_temperature(logits, y)
+    assert fitted == pytest.approx(true_temperature, rel=0.05)
+    # And it is the minimum of the likelihood, not just near the truth.
+    grid = fitted * np.array([0.9, 0.97, 1.03, 1.1])
+    nll = [negative_log_likelihood(_softmax(logits / t), y) for t in [fitted, *grid]]
+    assert nll[0] <= min(nll[1:])
+
+
+def test_fit_temperature_runs_to_the_bounds_when_the_data_asks_for_it():
+    y = np.arange(20) % 10
+    right = np.eye(10)[y]  # every image right: sharper is always more likely
+    wrong = np.eye(10)[(y + 1) % 10]  # every image wrong: flatter is always better
+    assert fit_temperature(right, y) == pytest.approx(0.05, rel=1e-3)
+    assert fit_temperature(wrong, y) == pytest.approx(20.0, rel=1e-3)
+    assert fit_temperature(wrong, y, bounds=(0.5, 3)) == pytest.approx(3, rel=1e-3)
+
+
+def test_temperature_scaling_softens_an_overconfident_model():
+    model = _tiny()
+    _sharpen(model, factor=10.0)
+    rng = np.random.default_rng(1)
+    x_val, x_test = rng.random((2, 64, 28, 28, 1), dtype="float32")
+    y_val, y_test = rng.integers(0, 10, (2, 64))  # random labels: any confidence is too much
+    temperature = fit_temperature(model.predict(x_val, verbose=0), y_val)
+    assert temperature > 2
+    plain = deterministic_predict(model, x_test)
+    scaled = temperature_predict(model, x_test, temperature, batch_size=7)
+    assert (scaled.samples, scaled.method) == (1, "temperature")
+    np.testing.assert_array_equal(scaled.mutual_information, np.zeros(64))
+    expected = _softmax(model.predict(x_test, verbose=0) / temperature)
+    np.testing.assert_allclose(scaled.probabilities, expected, atol=1e-6)
+    np.testing.assert_array_equal(scaled.probabilities.argmax(1), plain.probabilities.argmax(1))
+    assert (scaled.entropy > plain.entropy).all()
+    assert negative_log_likelihood(scaled.probabilities, y_test) < negative_log_likelihood(
+        plain.probabilities, y_test
+    )
+    # deterministic_predict is temperature 1, the same pass.
+    one = temperature_predict(model, x_test, 1)
+    np.testing.assert_array_equal(one.probabilities, plain.probabilities)
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: fit_temperature(np.zeros(10), np.array([1])), r"logits.shape=\(10,\)"),
+        (lambda: fit_temperature(np.zeros((2, 10)), np.eye(10)[[1, 2]]), "not one-hot"),
+        (lambda: fit_temperature(np.zeros((2, 10)), np.array([1, 10])), r"in \[0, 10\)"),
+        (lambda: fit_temperature(np.full((2, 10), np.nan), np.array([1, 2])), "finite"),
+        (lambda: fit_temperature(np.zeros((2, 10)), [1, 2], bounds=(0, 1)), r"bounds\[0\]=0"),
+        (lambda: fit_temperature(np.zeros((2, 10)), [1, 2], bounds=(2, 1)), "low < high"),
+    ],
+)
+def test_fit_temperature_input_errors(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+@pytest.mark.parametrize("temperature", [0, -1.0, float("nan"), float("inf"), True, "2"])
+def test_temperature_must_be_a_positive_number(x, temperature):
+    with pytest.raises(ValueError, match=f"above 0. Received: temperature={temperature!r}"):
+        temperature_predict(_tiny(), x, temperature)
+
+
+# --------------------------------------------------------------------------- ensembles
+
+
+@pytest.fixture(scope="module")
+def members():
+    return [_tiny(seed) for seed in (1, 2, 3)]
+
+
+def test_ensemble_predict_is_the_mean_of_its_members(x, members):
+    result = ensemble_predict(members, x, batch_size=5, verbose=0)
+    each = np.stack([_softmax(m.predict(x, verbose=0)) for m in members])
+    mean = each.mean(axis=0)
+    np.testing.assert_allclose(result.probabilities, mean, atol=1e-6)
+    np.testing.assert_allclose(result.entropy, predictive_entropy(mean), atol=1e-6)
+    disagreement = predictive_entropy(mean) - predictive_entropy(each).mean(axis=0)
+    np.testing.assert_allclose(result.mutual_information, disagreement, atol=1e-6)
+    assert result.mutual_information.min() > 1e-4  # three different models disagree
+    assert (result.samples, result.method) == (3, "ensemble")
+
+
+def test_an_ensemble_of_copies_has_no_mutual_information(x, members):
+    result = ensemble_predict([members[0]] * 2, x, verbose=0)
+    np.testing.assert_allclose(result.mutual_information, 0, atol=1e-9)
+    expected = deterministic_predict(members[0], x).probabilities
+    np.testing.assert_allclose(result.probabilities, expected, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "make_models, message",
+    [
+        (lambda m: [], r"non-empty list of keras.Model. Received: models=\[\]"),
+        (lambda m: m[0], r"Received: one model; pass \[model\]"),
+        (lambda m: [m[0], "model.keras"], r"models\[1\] of type str"),
+        (
+            lambda m: [m[0], build_cnn(input_shape=(32, 32, 1), filters=(4,), units=8)],
+            r"models\[1\] takes \(32, 32, 1\) -> 10 classes",
+        ),
+        (
+            lambda m: [m[0], build_cnn(num_classes=5, filters=(4,), units=8)],
+            r"models\[1\] takes \(28, 28, 1\) -> 5 classes",
+        ),
+    ],
+    ids=["empty", "not_a_list", "not_a_model", "other_images", "other_classes"],
+)
+def test_ensembles_that_do_not_fit_are_clear_errors(x, members, make_models, message):
+    with pytest.raises(ValueError, match=message):
+        ensemble_predict(make_models(members), x, verbose=0)
 
 
 # --------------------------------------------------------------------------- metrics

@@ -1,5 +1,6 @@
-"""The one check of whole-number arguments, shared by the library and the command line."""
+"""The checks of numeric arguments, shared by the library and the command line."""
 
+import math
 import numbers
 
 from fashion_keras.errors import UserError
@@ -36,3 +37,33 @@ def check_int(name, value, minimum=0, *, several=False):
             f"{name} must be {wanted} of at least {minimum}. Received: {name}={value!r}"
         )
     return value
+
+
+def check_positive(name, value):
+    """Raises a `UserError` unless `value` is a finite real number above 0.
+
+    Python and numpy numbers count; `True` and `False` do not, nor do strings.
+
+    Args:
+        name: the argument's name, as the caller knows it (e.g. `"temperature"`).
+        value: what was given.
+
+    Returns:
+        `value` as a Python float.
+
+    Raises:
+        UserError: naming the argument and what was received, e.g. "temperature must be a
+            finite number above 0. Received: temperature=0".
+
+    Example:
+        >>> check_positive("temperature", 1.5)
+        1.5
+    """
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise UserError(f"{name} must be a finite number above 0. Received: {name}={value!r}")
+    return float(value)

@@ -27,6 +27,8 @@ examples:
   fashion-keras compare runs/baseline runs/dropout --output runs/comparison
   fashion-keras predict --model runs/baseline/model.keras shirt.png batch.npy
   fashion-keras predict --model runs/dropout/model.keras --mc-samples 30 shirt.png
+  fashion-keras predict --model runs/baseline/model.keras --temperature 1.4 shirt.png
+  fashion-keras predict --model runs/seed1/model.keras --model runs/seed2/model.keras shirt.png
   fashion-keras study --quick --output runs/study-quick
   fashion-keras data --check
 """
@@ -129,7 +131,13 @@ def _study(args):
 def _predict(args):
     from fashion_keras.predict import predict_files
 
-    results = predict_files(args.model, args.inputs, top=args.top, mc_samples=args.mc_samples)
+    results = predict_files(
+        args.model,
+        args.inputs,
+        top=args.top,
+        mc_samples=args.mc_samples,
+        temperature=args.temperature,
+    )
     if args.json:
         print(json.dumps(results, indent=2))
     for r in results:
@@ -167,6 +175,16 @@ def at_least(minimum):
     return parse
 
 
+def positive_number(text):
+    """An argparse type: a finite number above 0 (`checks.check_positive`)."""
+    from fashion_keras.checks import check_positive
+
+    try:
+        return check_positive("value", float(text))
+    except ValueError:  # not a number, or a UserError from check_positive
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+
+
 MC_HELP = "Monte Carlo dropout passes for the uncertainty sections (default 30)"
 
 PREDICT_HELP = """\
@@ -176,6 +194,13 @@ on a dark background). .npy files must hold 28x28 images shaped (28, 28), (28, 2
 (N, 28, 28) or (N, 28, 28, 1) as uint8 or floats in [0, 1]; they are never resized and
 are read without pickle. A file that cannot be read is reported on stderr and the others
 are still predicted; the exit status is then 1. Models load in Keras' safe mode.
+
+Uncertainty: entropy is always reported. --mc-samples N averages N Monte Carlo dropout
+passes; --model given several times averages an ensemble of models. Both also report
+mutual information, the disagreement between the passes or the models. --temperature T
+divides one model's logits by T before the softmax (temperature scaling: T > 1 softens an
+overconfident model; fit T on validation data with fashion_keras.uncertainty.fit_temperature);
+it goes with one --model and no --mc-samples.
 """
 
 
@@ -295,8 +320,10 @@ def build_parser():
     p.add_argument(
         "--model",
         required=True,
+        action="append",
         metavar="PATH",
-        help="a .keras file, e.g. runs/baseline/model.keras",
+        help="a .keras file, e.g. runs/baseline/model.keras; repeat it for an ensemble "
+        "(the mean of the models' probabilities, with their mutual information)",
     )
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_NPY")
     p.add_argument("--top", type=int, default=3, help="classes to show per image (default 3)")
@@ -307,6 +334,13 @@ def build_parser():
         metavar="N",
         help="average N Monte Carlo dropout passes and report their uncertainty (models with "
         "dropout; default 0: one ordinary prediction)",
+    )
+    p.add_argument(
+        "--temperature",
+        type=positive_number,
+        metavar="T",
+        help="divide the logits by T before the softmax (temperature scaling; one model, "
+        "no --mc-samples)",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     p.set_defaults(func=_predict)

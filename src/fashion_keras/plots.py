@@ -15,7 +15,18 @@ from fashion_keras import files
 from fashion_keras.data import CLASS_NAMES, NUM_CLASSES
 from fashion_keras.metrics import calibration_bins, expected_calibration_error
 
-METHOD_LABELS = {"deterministic": "deterministic", "mc_dropout": "MC dropout"}
+METHOD_LABELS = {
+    "deterministic": "deterministic",
+    "mc_dropout": "MC dropout",
+    "temperature": "temperature scaling",
+    "ensemble": "ensemble",
+}
+SHIFT_UNITS = {
+    "rotation": "degrees",
+    "translation": "pixels",
+    "noise": "noise standard deviation",
+    "contrast": "contrast factor",
+}
 
 
 @contextlib.contextmanager
@@ -269,4 +280,52 @@ def plot_study(summary, path=None):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle("Dropout study: mean over seeds, 95% confidence bands")
+    return save_figure(fig, path)
+
+
+def plot_shift_series(frames_by_method, path=None, title=None):
+    """Accuracy, calibration error and NLL against shift intensity, one line per method.
+
+    One column per kind of shift, in the order of the first frame; rows accuracy, expected
+    calibration error and negative log-likelihood. The horizontal axis runs from no shift
+    to the most severe one (reversed for contrast, whose factor falls as the shift grows).
+
+    Args:
+        frames_by_method: method name -> `fashion_keras.shift.shift_series(...)` DataFrame,
+            e.g. `{"deterministic": ..., "ensemble": ...}`.
+        path: save the figure there too.
+        title: the figure's title.
+
+    Example:
+        >>> with closing_figures():
+        ...     plot_shift_series({"mc_dropout": frame}, path="report/shift.png")
+    """
+    first = next(iter(frames_by_method.values()))
+    shifts = list(dict.fromkeys(first["shift"]))
+    rows = (
+        ("accuracy", "accuracy"),
+        ("expected_calibration_error", "expected calibration error"),
+        ("negative_log_likelihood", "negative log-likelihood (nats)"),
+    )
+    fig, axes = plt.subplots(
+        len(rows), len(shifts), figsize=(4 * len(shifts), 8.5), squeeze=False, sharex="col"
+    )
+    for method, frame in frames_by_method.items():
+        for column, shift in enumerate(shifts):
+            series = frame[frame["shift"] == shift]
+            for row, (key, _) in enumerate(rows):
+                label = METHOD_LABELS.get(method, method)
+                axes[row, column].plot(series["intensity"], series[key], "o-", ms=3, label=label)
+    for column, shift in enumerate(shifts):
+        axes[0, column].set_title(shift)
+        axes[-1, column].set_xlabel(SHIFT_UNITS.get(shift, "intensity"))
+        intensities = first.loc[first["shift"] == shift, "intensity"]
+        if intensities.iloc[0] > intensities.iloc[-1]:
+            axes[0, column].invert_xaxis()  # shared by the column
+    for row, (_, label) in enumerate(rows):
+        axes[row, 0].set_ylabel(label)
+    for ax in axes.ravel():
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle(title or "Accuracy and calibration under growing shift")
     return save_figure(fig, path)

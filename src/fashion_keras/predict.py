@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fashion_keras.checks import check_positive
 from fashion_keras.data import CLASS_NAMES
 from fashion_keras.errors import UserError
 
@@ -97,43 +98,77 @@ def top_classes(probabilities, top=3):
     return [(CLASS_NAMES[i], float(probabilities[i])) for i in order]
 
 
-def predict_files(model, paths, top=3, mc_samples=0, seed=0):
+def _check_options(top, mc_samples, temperature, members):
+    if isinstance(top, bool) or not isinstance(top, int) or not 1 <= top <= len(CLASS_NAMES):
+        raise UserError(
+            f"top must be between 1 and {len(CLASS_NAMES)} (classes listed per image). "
+            f"Received: top={top!r}"
+        )
+    if temperature is not None:
+        check_positive("temperature", temperature)
+    if temperature is not None and mc_samples:
+        raise UserError(
+            "temperature scales one ordinary prediction; it cannot be combined with Monte "
+            "Carlo dropout. Give --temperature or --mc-samples, not both. "
+            f"Received: temperature={temperature}, mc_samples={mc_samples}"
+        )
+    if members > 1 and (temperature is not None or mc_samples):
+        option, value = ("temperature", temperature) if temperature else ("mc_samples", mc_samples)
+        raise UserError(
+            f"An ensemble is predicted by averaging its models; {option} "
+            f"(--{option.replace('_', '-')}) applies to one model. Give one --model, or drop "
+            f"the option. Received: {members} models and {option}={value}"
+        )
+
+
+def _load_model(model):
+    import keras
+
+    import fashion_keras.layers  # noqa: F401  (registers the project's layers for load_model)
+
+    if isinstance(model, keras.Model):
+        return model
+    model_path = Path(model)
+    if not model_path.is_file() or model_path.suffix != ".keras":
+        raise UserError(f"--model {model_path}: expected an existing .keras file")
+    return keras.saving.load_model(model_path, safe_mode=True)
+
+
+def predict_files(model, paths, top=3, mc_samples=0, seed=0, temperature=None):
     """Predicts every image in `paths`; a bad file becomes an error entry, not an exception.
 
     Args:
-        model: a Keras model (logits out) or the path of a `.keras` file, loaded in safe mode.
+        model: a Keras model (logits out) or the path of a `.keras` file, loaded in safe mode;
+            or a list of them, an ensemble of several models, predicted by averaging their
+            probabilities (see `fashion_keras.uncertainty.ensemble_predict`). A list of one
+            is that one model.
         paths: image or `.npy` files.
         top: how many classes to list per image.
         mc_samples: 0 for one ordinary prediction, or the number of Monte Carlo dropout
             passes (see `fashion_keras.uncertainty.mc_predict`; needs a model with dropout).
         seed: the seed of the Monte Carlo dropout masks (one sequence of masks runs on
             from file to file).
+        temperature: None, or a number above 0 that divides the logits before the softmax
+            (temperature scaling, see `fashion_keras.uncertainty.fit_temperature`). One model
+            only, and not with `mc_samples`.
 
     Returns:
         A list with, per image, `{"file", "index", "top": [(class, probability), ...],
-        "entropy"}` (plus `"mutual_information"` with Monte Carlo dropout), and per
-        unreadable file `{"file", "error"}`.
+        "entropy"}` (plus `"mutual_information"` with Monte Carlo dropout or an ensemble),
+        and per unreadable file `{"file", "error"}`.
+
+    Raises:
+        UserError: a model cannot be loaded, the members of an ensemble do not fit
+            together, or the options do not go together.
 
     Example:
         >>> predict_files("runs/dropout/model.keras", ["shirt.png"], mc_samples=30)
+        >>> predict_files([f"runs/seed{s}/model.keras" for s in (1, 2, 3)], ["shirt.png"])
     """
-    if isinstance(top, bool) or not isinstance(top, int) or not 1 <= top <= len(CLASS_NAMES):
-        raise UserError(
-            f"top must be between 1 and {len(CLASS_NAMES)} (classes listed per image). "
-            f"Received: top={top!r}"
-        )
-    import keras
-
-    import fashion_keras.layers  # noqa: F401  (registers the project's layers for load_model)
-    from fashion_keras import uncertainty
-
-    if not isinstance(model, keras.Model):
-        model_path = Path(model)
-        if not model_path.is_file() or model_path.suffix != ".keras":
-            raise UserError(f"--model {model_path}: expected an existing .keras file")
-        model = keras.saving.load_model(model_path, safe_mode=True)
-    if mc_samples:  # one sampler for every file; a model without dropout fails here, at once
-        sampler = uncertainty.mc_dropout_model(model, seed=seed)
+    members = list(model) if isinstance(model, (list, tuple)) else [model]
+    _check_options(top, mc_samples, temperature, len(members))
+    predict = _predictor(members, mc_samples, seed, temperature)
+    with_mutual_information = bool(mc_samples) or len(members) > 1
     results = []
     for path in paths:
         try:
@@ -141,14 +176,27 @@ def predict_files(model, paths, top=3, mc_samples=0, seed=0):
         except InputError as e:
             results.append({"file": str(path), "error": str(e)})
             continue
-        if mc_samples:
-            predicted = uncertainty.mc_passes(sampler, images, mc_samples, verbose=0)
-        else:
-            predicted = uncertainty.deterministic_predict(model, images)
+        predicted = predict(images)
         for i, p in enumerate(predicted.probabilities):
             result = {"file": str(path), "index": i, "top": top_classes(p, top)}
             result["entropy"] = float(predicted.entropy[i])
-            if mc_samples:
+            if with_mutual_information:
                 result["mutual_information"] = float(predicted.mutual_information[i])
             results.append(result)
     return results
+
+
+def _predictor(members, mc_samples, seed, temperature):
+    """images -> `Predictions`, by the one method the options ask for; models loaded once."""
+    from fashion_keras import uncertainty
+
+    members = uncertainty.check_ensemble([_load_model(m) for m in members])
+    model = members[0]
+    if len(members) > 1:
+        return lambda images: uncertainty.ensemble_predict(members, images, verbose=0)
+    if mc_samples:  # one sampler for every file; a model without dropout fails here, at once
+        sampler = uncertainty.mc_dropout_model(model, seed=seed)
+        return lambda images: uncertainty.mc_passes(sampler, images, mc_samples, verbose=0)
+    if temperature is not None:
+        return lambda images: uncertainty.temperature_predict(model, images, temperature)
+    return lambda images: uncertainty.deterministic_predict(model, images)

@@ -1,10 +1,13 @@
-"""How sure is the model? Monte Carlo dropout and out-of-distribution inputs.
+"""How sure is the model? Monte Carlo dropout, its alternatives, and out-of-distribution inputs.
 
 `mc_predict(model, x)` averages the softmax of many forward passes in which only the Dropout
 layers are active (Gal & Ghahramani 2016, "Dropout as a Bayesian approximation"); batch
 normalisation, augmentation layers and the test-time mirror keep their inference behaviour.
 `deterministic_predict` gives the same structure for one ordinary pass, so a model without
-dropout gets the same metrics from its softmax alone.
+dropout gets the same metrics from its softmax alone. The alternatives give it too:
+`temperature_predict` divides one pass's logits by a temperature fitted on validation data
+(`fit_temperature`, Guo et al. 2017), and `ensemble_predict` averages independently trained
+models (Lakshminarayanan et al. 2017), their disagreement taking the place of dropout's.
 
 `ood_sets` makes out-of-distribution images without a download; `uncertainty_summary`
 computes everything a run report needs for one model, with the scores of
@@ -17,9 +20,10 @@ import sys
 import keras
 import numpy as np
 import pandas as pd
+from scipy.optimize import minimize_scalar
 from sklearn.datasets import load_digits
 
-from fashion_keras.checks import check_int
+from fashion_keras.checks import check_int, check_positive
 from fashion_keras.errors import UserError
 from fashion_keras.metrics import (
     accuracy_coverage_curve,
@@ -46,8 +50,8 @@ class Predictions:
         mutual_information: `entropy` minus the mean entropy of the single passes: the part
             of the uncertainty that comes from disagreement between the passes (epistemic).
             At least 0; all zeros for one deterministic pass.
-        samples: the number of forward passes.
-        method: `"mc_dropout"` or `"deterministic"`.
+        samples: the number of forward passes (of the members, for an ensemble).
+        method: `"mc_dropout"`, `"deterministic"`, `"temperature"` or `"ensemble"`.
     """
 
     probabilities: np.ndarray
@@ -193,6 +197,20 @@ def _log_softmax(logits):
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
+def _average_passes(logits_of_passes, passes, method):
+    """`Predictions` of the mean softmax of `passes` logit arrays (an iterable, read once)."""
+    probabilities, pass_entropy = 0.0, 0.0
+    for logits in logits_of_passes:
+        log_p = _log_softmax(logits)
+        p = np.exp(log_p)
+        probabilities = probabilities + p / passes
+        pass_entropy = pass_entropy - (p * log_p).sum(axis=-1) / passes
+    entropy = predictive_entropy(probabilities)
+    # Never negative in exact arithmetic (entropy is concave); clip the float rounding.
+    mutual_information = np.maximum(entropy - pass_entropy, 0.0)
+    return Predictions(probabilities, entropy, mutual_information, passes, method)
+
+
 def mc_predict(model, x, samples=30, seed=None, batch_size=512, verbose="auto"):
     """Monte Carlo dropout: the mean of `samples` passes with only the Dropout layers active.
 
@@ -264,17 +282,13 @@ def mc_passes(sampler, x, samples=30, batch_size=512, verbose="auto"):
             f"sampler={sampler.name!r} (its Dropout layers would not drop)"
         )
     progbar = keras.utils.Progbar(samples, verbose=verbose, unit_name="pass")
-    probabilities, pass_entropy = 0.0, 0.0
-    for i in range(samples):
-        log_p = _log_softmax(sampler.predict(x, batch_size=batch_size, verbose=0))
-        p = np.exp(log_p)
-        probabilities = probabilities + p / samples
-        pass_entropy = pass_entropy - (p * log_p).sum(axis=-1) / samples
-        progbar.update(i + 1)
-    entropy = predictive_entropy(probabilities)
-    # Never negative in exact arithmetic (entropy is concave); clip the float rounding.
-    mutual_information = np.maximum(entropy - pass_entropy, 0.0)
-    return Predictions(probabilities, entropy, mutual_information, samples, "mc_dropout")
+
+    def passes():
+        for i in range(samples):
+            yield sampler.predict(x, batch_size=batch_size, verbose=0)
+            progbar.update(i + 1)
+
+    return _average_passes(passes(), samples, "mc_dropout")
 
 
 def deterministic_predict(model, x, batch_size=512):
@@ -294,11 +308,198 @@ def deterministic_predict(model, x, batch_size=512):
         >>> deterministic_predict(build_model("baseline"), x_test).entropy.max() <= np.log(10)
         True
     """
+    return _one_pass(model, x, batch_size, temperature=1.0, method="deterministic")
+
+
+def _one_pass(model, x, batch_size, temperature, method):
+    """`Predictions` of one inference pass with the logits divided by `temperature`."""
     check_int("batch_size", batch_size, minimum=1)
     x = _check_images(model, x)
-    probabilities = np.exp(_log_softmax(model.predict(x, batch_size=batch_size, verbose=0)))
+    logits = np.asarray(model.predict(x, batch_size=batch_size, verbose=0), dtype="float64")
+    probabilities = np.exp(_log_softmax(logits / temperature))
     entropy = predictive_entropy(probabilities)
-    return Predictions(probabilities, entropy, np.zeros_like(entropy), 1, "deterministic")
+    return Predictions(probabilities, entropy, np.zeros_like(entropy), 1, method)
+
+
+# --------------------------------------------------------------------------- temperature
+
+
+def _check_logits(logits):
+    logits = np.asarray(logits, dtype="float64")
+    if logits.ndim != 2 or len(logits) == 0 or logits.shape[1] < 2:
+        raise UserError(
+            "logits must be shaped (N, num_classes) with N >= 1 and at least 2 classes, "
+            f"e.g. model.predict(x_val). Received: logits.shape={logits.shape}"
+        )
+    if not np.isfinite(logits).all():
+        raise UserError(
+            f"logits must be finite. Received: {np.sum(~np.isfinite(logits))} values that are not"
+        )
+    return logits
+
+
+def _temperature_nll(log_temperature, logits, y):
+    log_p = _log_softmax(logits / np.exp(log_temperature))
+    return -log_p[np.arange(len(y)), y].mean()
+
+
+def fit_temperature(logits, y, bounds=(0.05, 20.0)):
+    """Temperature scaling (Guo et al. 2017): the one T > 0 that minimises the negative
+    log-likelihood of softmax(logits / T) on held-out labels.
+
+    Dividing by T keeps every prediction's top class, so accuracy does not change; T > 1
+    softens an overconfident model, T < 1 sharpens an underconfident one. The likelihood is
+    convex in 1 / T, so the bounded search over log T (scipy's `minimize_scalar`, float64)
+    finds its one minimum. Fit T on the validation split, then report on the test split.
+
+    Args:
+        logits: the model's outputs on validation images, (N, num_classes), e.g.
+            `model.predict(x_val)`.
+        y: their class indices (N,).
+        bounds: the smallest and largest temperature searched, `0 < low < high`. A result
+            at a bound says the data wants a more extreme temperature (e.g. at `low` when
+            every validation image is classified correctly).
+
+    Returns:
+        The temperature, a float within `bounds`.
+
+    Raises:
+        UserError: the logits or labels have the wrong shape or values, or `bounds` is not
+            an increasing pair of positive numbers.
+
+    Example:
+        >>> temperature = fit_temperature(model.predict(x_val), y_val)
+        >>> scaled = temperature_predict(model, x_test, temperature)
+    """
+    logits = _check_logits(logits)
+    y = check_labels(y, len(logits), logits.shape[1])
+    low, high = _check_bounds(bounds)
+    found = minimize_scalar(
+        _temperature_nll,
+        bounds=(np.log(low), np.log(high)),
+        args=(logits, y),
+        method="bounded",
+        options={"xatol": 1e-6},
+    )
+    return float(np.clip(np.exp(found.x), low, high))
+
+
+def _check_bounds(bounds):
+    if not isinstance(bounds, (list, tuple)) or len(bounds) != 2:
+        raise UserError(f"bounds must be a pair (low, high). Received: bounds={bounds!r}")
+    low, high = check_positive("bounds[0]", bounds[0]), check_positive("bounds[1]", bounds[1])
+    if low >= high:
+        raise UserError(f"bounds must be increasing, low < high. Received: bounds={bounds!r}")
+    return low, high
+
+
+def temperature_predict(model, x, temperature, batch_size=512):
+    """One ordinary inference pass with the logits divided by `temperature`, as `Predictions`.
+
+    The same pass as `deterministic_predict` (which is `temperature=1`): the top class of
+    every image stays, only the confidence changes. Mutual information is all zeros.
+
+    Args:
+        model: a Keras model that outputs logits.
+        x: images shaped like the model's input, e.g. (N, 28, 28, 1).
+        temperature: a number above 0, usually `fit_temperature` on validation data.
+        batch_size: images per batch.
+
+    Returns:
+        `Predictions` with `samples=1` and `method="temperature"`.
+
+    Raises:
+        UserError: `temperature` is not a finite number above 0, or `x` does not fit.
+
+    Example:
+        >>> temperature = fit_temperature(model.predict(x_val), y_val)
+        >>> temperature_predict(model, x_test, temperature).probabilities.shape
+        (10000, 10)
+    """
+    temperature = check_positive("temperature", temperature)
+    return _one_pass(model, x, batch_size, temperature=temperature, method="temperature")
+
+
+# --------------------------------------------------------------------------- ensembles
+
+
+def check_ensemble(models):
+    """The members of an ensemble as a list, or a `UserError` that says what does not fit.
+
+    Args:
+        models: a list or tuple of at least one `keras.Model`, each with one input of the
+            same shape and the same number of output classes.
+
+    Returns:
+        `models` as a list.
+
+    Example:
+        >>> members = check_ensemble([keras.saving.load_model(p) for p in paths])
+    """
+    if isinstance(models, keras.Model):
+        raise UserError(
+            "models must be a list of keras.Model. Received: one model; pass [model] for an "
+            "ensemble of one"
+        )
+    if not isinstance(models, (list, tuple)) or not models:
+        raise UserError(
+            f"models must be a non-empty list of keras.Model. Received: models={models!r}"
+        )
+    for i, model in enumerate(models):
+        if not isinstance(model, keras.Model):
+            raise UserError(
+                f"models must all be keras.Model. Received: models[{i}] of type "
+                f"{type(model).__name__}"
+            )
+    shapes = [(tuple(m.inputs[0].shape[1:]), m.outputs[0].shape[-1]) for m in models]
+    for i, shape in enumerate(shapes):
+        if len(models[i].inputs) != 1 or shape != shapes[0]:
+            raise UserError(
+                "The members of an ensemble must take the same images and predict the same "
+                f"classes. Received: models[0] takes {shapes[0][0]} -> {shapes[0][1]} classes, "
+                f"models[{i}] takes {shape[0]} -> {shape[1]} classes"
+            )
+    return list(models)
+
+
+def ensemble_predict(models, x, batch_size=512, verbose="auto"):
+    """A deep ensemble: the mean softmax of several models, with their disagreement.
+
+    The same average as Monte Carlo dropout's (`mc_passes`), with one pass per member
+    instead of one per dropout mask: `entropy` is the predictive entropy of the mean, and
+    `mutual_information` is that entropy minus the members' mean entropy.
+
+    Args:
+        models: a list of Keras models that output logits, e.g. one architecture trained
+            with different seeds (see `check_ensemble`).
+        x: images shaped like the models' input, e.g. (N, 28, 28, 1).
+        batch_size: images per batch.
+        verbose: 0 (silent), 1 or 2 (a progress bar over the members), or `"auto"`: 1 when
+            standard output is a terminal, else 0.
+
+    Returns:
+        `Predictions` with `samples=len(models)` and `method="ensemble"`.
+
+    Raises:
+        UserError: `models` is empty, holds something other than Keras models or models
+            that do not fit together, or an argument is out of range.
+
+    Example:
+        >>> members = [keras.saving.load_model(f"runs/seed{s}/model.keras") for s in (1, 2, 3)]
+        >>> ensemble_predict(members, x_test).mutual_information.mean()
+    """
+    models = check_ensemble(models)
+    check_int("batch_size", batch_size, minimum=1)
+    verbose = _resolve_verbose(verbose)
+    x = _check_images(models[0], x)
+    progbar = keras.utils.Progbar(len(models), verbose=verbose, unit_name="model")
+
+    def passes():
+        for i, model in enumerate(models):
+            yield model.predict(x, batch_size=batch_size, verbose=0)
+            progbar.update(i + 1)
+
+    return _average_passes(passes(), len(models), "ensemble")
 
 
 # --------------------------------------------------------------------------- OOD sets
