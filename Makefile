@@ -16,10 +16,16 @@ COMPARE_SETS ?= --set data.train_limit=10000 --set training.epochs=15
 OLDEST ?= "tensorflow==2.16.1" "keras==3.9.0" "tensorboard==2.16.2" "numpy==1.26.0" \
 	"scipy==1.11.1" "pandas==2.1.0"
 OLDEST_VENV ?= .venv-oldest
+# `make test-backends`: the other Keras backends (torch 2.13.0 is the CPU build this machine
+# class keeps on disk; a newer or unpinned torch downloads a CUDA build of several GB) and the
+# test files whose subject is backend-neutral.
+BACKENDS ?= "jax>=0.4.30" "torch==2.13.0"
+BACKEND_TESTS ?= tests/test_models.py tests/test_uncertainty.py tests/test_shift.py \
+	tests/test_predict.py tests/test_report.py
 
 .PHONY: help install data browser bench frontier study notebook train-baseline train-dropout \
-	train-fast train-improved _train report compare test test-fast test-oldest test-crash lint \
-	format clean
+	train-fast train-improved _train report compare test test-fast test-backends test-oldest \
+	test-crash lint format clean
 
 help: ## show this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -29,7 +35,7 @@ install: $(STAMP) ## create .venv with the package and its dev extras
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,export]"
 	touch $(STAMP)
 
 data: $(STAMP) ## make Fashion-MNIST present (Debian package as root, else download) and verify it
@@ -85,10 +91,17 @@ browser: ## install headless Chromium for the page tests (Debian, as root)
 	  apt-get update -q && apt-get install -y -q chromium; } || echo "chromium unavailable: page tests will skip"
 
 test: data browser ## the test suite, as CI runs it first (real data; trains small models)
-	$(BIN)/pytest -q -m "not crash"
+	$(BIN)/pytest -q -m "not crash and not backends"
 
 test-fast: data ## the unit tier for the edit loop: no training subprocess, about a minute
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q -m "not slow and not backends"
+
+test-backends: data ## JAX and PyTorch: models move between backends, train runs, unit tier on each
+	$(BIN)/pip install -q $(BACKENDS)
+	$(BIN)/pytest -q -m backends
+	for backend in jax torch; do \
+	  KERAS_BACKEND=$$backend $(BIN)/pytest -q -p no:cacheprovider -m "not slow" $(BACKEND_TESTS) || exit 1; \
+	done
 
 test-crash: data ## kill a run at every durable moment and fail every write; CI runs it (~22 min)
 	$(BIN)/pytest -q -m crash
@@ -99,7 +112,7 @@ test-oldest: data ## the unit tier and the resume/kill tier on the lowest versio
 	$(OLDEST_VENV)/bin/pip install -q -e ".[dev]" $(OLDEST)
 	$(OLDEST_VENV)/bin/python -c "import keras, tensorflow as tf; print('tensorflow', tf.__version__, 'keras', keras.__version__)"
 	$(OLDEST_VENV)/bin/python -c "import numpy, scipy, pandas; print('numpy', numpy.__version__, 'scipy', scipy.__version__, 'pandas', pandas.__version__)"
-	$(OLDEST_VENV)/bin/pytest -q -p no:cacheprovider -m "not slow"
+	$(OLDEST_VENV)/bin/pytest -q -p no:cacheprovider -m "not slow and not backends"
 	$(OLDEST_VENV)/bin/pytest -q -p no:cacheprovider -m "not crash" tests/test_resume.py tests/test_crash.py
 
 # The PyTorch contender runs where torch is installed: pip install -e ".[bench]".

@@ -13,6 +13,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "src" / "fashion_keras" / "presets"
+# The Keras backend the tests run on (`make test-backends` runs a tier on JAX and PyTorch).
+BACKEND = os.environ.get("KERAS_BACKEND", "tensorflow")
+tensorflow_only = pytest.mark.skipif(
+    BACKEND != "tensorflow", reason="TensorFlow itself is the point (tf.data, tf.distribute, ...)"
+)
 # Small real-data runs: 1 epoch on a class-balanced subset.
 SMOKE = ["training.epochs=1", "data.train_limit=1000", "data.eval_limit=500"]
 

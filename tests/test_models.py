@@ -4,6 +4,8 @@ import pytest
 
 from fashion_keras import build_cnn, build_model, list_models
 
+from conftest import tensorflow_only
+
 
 def test_registry_lists_both_variants():
     assert {"baseline", "dropout"} <= set(list_models())
@@ -164,6 +166,7 @@ def test_bad_block_and_augmentation_arguments(kwargs, message):
     assert message in str(e.value)
 
 
+@tensorflow_only  # elsewhere both layers run Keras' own ops
 @pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
 def test_fused_batch_norm_matches_keras_layer(policy):
     import keras
@@ -253,3 +256,25 @@ def test_the_dropout_variant_differs_only_by_its_dropout_layers():
         if isinstance(layer, keras.layers.Dropout)
     }
     assert after == {"block1_pool": 0.25, "block2_pool": 0.25, "block3_pool": 0.4, "dense1": 0.3}
+
+
+def test_loading_without_our_layers_names_the_import_that_fixes_it(tmp_path):
+    import subprocess
+    import sys
+
+    from fashion_keras import load_model
+
+    model = build_model("improved")
+    model.save(tmp_path / "m.keras")
+    plain = "import sys, keras; keras.saving.load_model(sys.argv[1])"
+    done = subprocess.run(
+        [sys.executable, "-c", plain, str(tmp_path / "m.keras")], capture_output=True, text=True
+    )
+    assert done.returncode != 0
+    assert "Could not locate class 'AddMirrors'" in done.stderr
+    assert "'module': 'fashion_keras.layers'" in done.stderr
+    images = np.random.default_rng(0).random((4, 28, 28, 1)).astype("float32")
+    np.testing.assert_allclose(
+        load_model(tmp_path / "m.keras").predict(images, verbose=0),
+        model.predict(images, verbose=0),
+    )

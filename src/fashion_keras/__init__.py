@@ -5,6 +5,7 @@ from fashion_keras.models import (
     build_cnn,
     build_model,
     list_models,
+    load_model,
     register_model,
     tutorial_model,
 )
@@ -17,6 +18,7 @@ __all__ = [
     "build_model",
     "list_models",
     "load_data",
+    "load_model",
     "register_model",
     "to_one_hot",
     "tutorial_model",

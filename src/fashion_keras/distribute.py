@@ -81,6 +81,15 @@ def make_strategy(strategy="auto", cpu_devices=None):
         cpu_devices: with `"mirrored"`, split the CPU into this many logical devices and
             mirror over them (how multi-device training is tested without GPUs).
     """
+    import keras
+
+    backend = keras.backend.backend()
+    if backend != "tensorflow" and strategy in ("mirrored", "multi_worker"):
+        raise DistributeError(
+            f"distribute.strategy={strategy} is tf.distribute, which needs the TensorFlow "
+            f"backend (KERAS_BACKEND={backend} now); on JAX and PyTorch train on one device "
+            "(distribute.strategy=auto)"
+        )
     if strategy == "multi_worker":
         if not os.environ.get("TF_CONFIG"):
             raise DistributeError(

@@ -116,9 +116,7 @@ def load_exported(path, format):
         >>> logits = load_exported("runs/improved/export/model.onnx", "onnx")(x_test)
     """
     check_format(format)
-    return {"savedmodel": _saved_model, "onnx": _onnx_session, "litert": _litert}[format](
-        str(path)
-    )
+    return {"savedmodel": _saved_model, "onnx": _onnx_session, "litert": _litert}[format](str(path))
 
 
 def _saved_model(path):
@@ -144,7 +142,7 @@ def _onnx_session(path):
 def _litert(path):
     from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = Interpreter(model_path=path)
+    interpreter = Interpreter(model_path=path, num_threads=len(os.sched_getaffinity(0)))
     image = interpreter.get_input_details()[0]["index"]
     logits = interpreter.get_output_details()[0]["index"]
     size = [None]
@@ -169,14 +167,16 @@ def _softmax(logits):
 
 
 def check_parity(model, exported, x, batch_size=250):
-    """Compares `exported` (a function from `load_exported`) with `model.predict` on `x`.
+    """Compares `exported` (a function from `load_exported`) with Keras on `x`: with
+    `inference_model(model)`, which is `model` itself for a float32 model.
 
     Returns:
         `Parity` with the images compared, how many get the same class, and the largest
         difference of a class probability.
     """
     x = np.asarray(x, dtype="float32")
-    keras_p = _softmax(model.predict(x, batch_size=batch_size, verbose=0))
+    reference = inference_model(model)  # what was exported: float32, mixed precision or not
+    keras_p = _softmax(reference.predict(x, batch_size=batch_size, verbose=0))
     export_p = np.concatenate(
         [_softmax(exported(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
     )
@@ -197,7 +197,8 @@ class Exported:
     parity: Parity
 
 
-def _size(path):
+def disk_size(path):
+    """Bytes of an exported file, or of all files under a SavedModel directory."""
     if path.is_dir():
         return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
     return path.stat().st_size
@@ -263,4 +264,4 @@ def export_run(run_dir, format, output=None, checkpoint="model.keras", images=10
             shutil.rmtree(tmp)
         elif tmp.exists():
             tmp.unlink()
-    return Exported(path, format, _size(path), parity)
+    return Exported(path, format, disk_size(path), parity)

@@ -124,6 +124,24 @@ FLIP_MODES = (None, "horizontal", "vertical", "horizontal_and_vertical")
 DOWNSAMPLE_MODES = ("max_pool", "strides")
 
 
+def load_model(path):
+    """A `.keras` file saved by this project (or any Keras 3 model), in Keras' safe mode.
+
+    The same as `keras.saving.load_model(path, safe_mode=True)` after `import
+    fashion_keras.layers`, which registers the project's layers; without that import, plain
+    Keras fails with "Could not locate class 'AddMirrors'" (its message names the module,
+    `fashion_keras.layers`). Works on every Keras backend, whichever one saved the file.
+
+    Example:
+        >>> model = load_model("runs/improved/model.keras")
+    """
+    import keras
+
+    import fashion_keras.layers  # noqa: F401  (registers the project's layers)
+
+    return keras.saving.load_model(path, safe_mode=True)
+
+
 def _as_tuple(value):
     """Arguments that take one value or several (`units`, `filters`, ...) as a tuple."""
     return tuple(value) if isinstance(value, (list, tuple)) else (value,)

@@ -124,14 +124,14 @@ def _check_options(top, mc_samples, temperature, members):
 def _load_model(model):
     import keras
 
-    import fashion_keras.layers  # noqa: F401  (registers the project's layers for load_model)
+    from fashion_keras.models import load_model
 
     if isinstance(model, keras.Model):
         return model
     model_path = Path(model)
     if not model_path.is_file() or model_path.suffix != ".keras":
         raise UserError(f"--model {model_path}: expected an existing .keras file")
-    return keras.saving.load_model(model_path, safe_mode=True)
+    return load_model(model_path)
 
 
 def predict_files(model, paths, top=3, mc_samples=0, seed=0, temperature=None):

@@ -230,11 +230,9 @@ def load_run_model(run_dir, data_dir=None, checkpoint="model.keras"):
     Returns:
         `(model, x_test, y_test)`, the test set limited as the run's config says.
     """
-    import keras
-
-    import fashion_keras.layers  # noqa: F401  (registers the project's layers for load_model)
     from fashion_keras.config import load_config
     from fashion_keras.data import load_data
+    from fashion_keras.models import load_model
 
     run_dir = Path(run_dir)
     path = run_dir / checkpoint
@@ -242,7 +240,7 @@ def load_run_model(run_dir, data_dir=None, checkpoint="model.keras"):
         raise RunError(f"{path} not found; is {run_dir} a finished run directory?")
     config = load_config(run_dir / "config.yaml")
     _, _, (x_test, y_test) = load_data(data_dir, **dataclasses.asdict(config.data))
-    return keras.saving.load_model(path, safe_mode=True), x_test, y_test
+    return load_model(path), x_test, y_test
 
 
 def evaluate_run(run_dir, data_dir=None, checkpoint="model.keras"):

@@ -445,6 +445,7 @@ def write_results(setup, model, results, clock, planned_now):
         "device": distribute.describe_device(),
         "strategy": distribute.strategy_name(setup.strategy),
         "replicas": setup.strategy.num_replicas_in_sync,
+        "backend": keras.backend.backend(),
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
         "plan": plan,
