@@ -47,7 +47,7 @@ def measure(runs, x, calls):
     """Times every contender, alternating: `calls` single images, then 5 batches."""
     single = {name: [] for name in runs}
     batch = {name: [] for name in runs}
-    for name, (run, _) in runs.items():  # warm-up: tracing, allocation
+    for run, _ in runs.values():  # warm-up: tracing, allocation
         run(x[:1]), run(x[:BATCH])
     for i in range(calls):
         for name, (run, _) in runs.items():

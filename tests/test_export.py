@@ -3,11 +3,10 @@ tutorial network, its dropout variant and the improved network, on 1,000 real te
 
 import sys
 
+import keras
 import numpy as np
 import pytest
 from scipy.special import softmax
-
-import keras
 
 from fashion_keras import build_model, export, uncertainty
 from fashion_keras.config import dump_config, load_config
