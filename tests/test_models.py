@@ -7,6 +7,11 @@ from fashion_keras import build_cnn, build_model, list_models
 from conftest import tensorflow_only
 
 
+def _np(tensor):
+    """A backend's tensor as NumPy (a PyTorch tensor that tracks gradients included)."""
+    return keras.ops.convert_to_numpy(tensor)
+
+
 def test_registry_lists_both_variants():
     assert {"baseline", "dropout"} <= set(list_models())
 
@@ -113,8 +118,8 @@ def test_augmentation_acts_in_training_only():
         if layer.weights:
             layer.set_weights(model.get_layer(layer.name).get_weights())
     images = np.random.default_rng(0).random((16, 28, 28, 1)).astype("float32")
-    np.testing.assert_allclose(model(images, training=False), plain(images), rtol=1e-6)
-    assert not np.allclose(model(images, training=True), plain(images), rtol=1e-3)
+    np.testing.assert_allclose(_np(model(images, training=False)), _np(plain(images)), rtol=1e-6)
+    assert not np.allclose(_np(model(images, training=True)), _np(plain(images)), rtol=1e-3)
 
 
 def test_test_time_flip_averages_each_image_with_its_mirror_outside_training():
@@ -124,16 +129,16 @@ def test_test_time_flip_averages_each_image_with_its_mirror_outside_training():
     images = np.random.default_rng(0).random((5, 28, 28, 1)).astype("float32")
     mirrored = (plain.predict(images, verbose=0) + plain.predict(images[:, :, ::-1], verbose=0)) / 2
     np.testing.assert_allclose(model.predict(images, verbose=0), mirrored, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(model(images, training=True), plain(images), rtol=1e-6)
-    assert not np.allclose(model(images), plain(images), rtol=1e-3)
+    np.testing.assert_allclose(_np(model(images, training=True)), _np(plain(images)), rtol=1e-6)
+    assert not np.allclose(_np(model(images)), _np(plain(images)), rtol=1e-3)
 
 
 def test_random_erasing_overwrites_one_rectangle_per_training_image():
     model = build_cnn(filters=(4,), units=8, random_erasing=1.0)
     erasing = model.get_layer("random_erasing")
     images = np.full((32, 28, 28, 1), 0.5, dtype="float32")
-    np.testing.assert_array_equal(erasing(images, training=False), images)
-    changed = np.asarray(erasing(images, training=True)) != images
+    np.testing.assert_array_equal(_np(erasing(images, training=False)), images)
+    changed = _np(erasing(images, training=True)) != images
     assert changed.any(axis=(1, 2, 3)).all()  # probability 1: every image
     rows, cols = changed.any(axis=(2, 3)), changed.any(axis=(1, 3))
     # One filled rectangle: the changed pixels are exactly the box their rows and columns span.
@@ -215,7 +220,7 @@ def test_batch_norm_model_saves_and_loads(tmp_path):
     assert type(reloaded.get_layer("block1_bn")) is FusedBatchNormalization
     images = np.random.default_rng(0).random((4, 28, 28, 1)).astype("float32")
     np.testing.assert_allclose(
-        reloaded(images, training=False), model(images, training=False), rtol=1e-6
+        _np(reloaded(images, training=False)), _np(model(images, training=False)), rtol=1e-6
     )
 
 

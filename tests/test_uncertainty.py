@@ -88,7 +88,7 @@ def test_only_dropout_is_sampled(x, layer_args):
         _skew_batch_norm(model)
     _sharpen(model)
     inference = deterministic_predict(model, x).probabilities
-    training = np.asarray(keras.ops.softmax(model(x, training=True)))
+    training = keras.ops.convert_to_numpy(keras.ops.softmax(model(x, training=True)))
     assert np.abs(training - inference).max() > 0.05  # the mistake would show
     sampled = mc_predict(model, x, samples=2, seed=0, verbose=0)
     np.testing.assert_allclose(sampled.probabilities, inference, atol=1e-4)
