@@ -23,7 +23,7 @@ BACKENDS ?= "jax>=0.4.30" "torch==2.13.0"
 BACKEND_TESTS ?= tests/test_models.py tests/test_uncertainty.py tests/test_shift.py \
 	tests/test_predict.py tests/test_report.py
 
-.PHONY: help install data browser bench frontier study notebook train-baseline train-dropout \
+.PHONY: help install data browser bench bench-export frontier study notebook train-baseline train-dropout \
 	train-fast train-improved _train report compare test test-fast test-backends test-oldest \
 	test-crash lint format clean
 
@@ -118,6 +118,9 @@ test-oldest: data ## the unit tier and the resume/kill tier on the lowest versio
 # The PyTorch contender runs where torch is installed: pip install -e ".[bench]".
 bench: data ## throughput, and 5-epoch accuracy over 3 seeds: naive Keras vs this project vs PyTorch
 	$(BIN)/python bench/throughput.py --json bench/latest.json $(BENCH_ARGS)
+
+bench-export: data ## batch-1 latency, throughput and parity of SavedModel, ONNX and LiteRT beside Keras
+	$(BIN)/python bench/export_latency.py --json bench/export.json
 
 frontier: data ## test accuracy within 1, 5 and 30 minutes: presets vs naive Keras vs PyTorch (~100 min)
 	$(BIN)/python bench/frontier.py $(FRONTIER_ARGS)

@@ -97,3 +97,10 @@ def test_train_and_report_run_on_another_backend(tmp_path, backend):
     )  # fmt: skip
     assert refused.returncode == 2
     assert f"needs the TensorFlow backend (KERAS_BACKEND={backend} now)" in refused.stderr
+
+
+@pytest.mark.parametrize("backend", OTHERS)
+def test_export_on_another_backend_says_to_use_tensorflow(tmp_path, backend):
+    done = run_cli("export", tmp_path, "--format", "onnx", env={"KERAS_BACKEND": backend})
+    assert done.returncode == 2
+    assert f"exporting needs the TensorFlow backend (KERAS_BACKEND={backend} now)" in done.stderr

@@ -68,6 +68,17 @@ def check_format(format):
     return format
 
 
+def _check_backend():
+    import keras
+
+    backend = keras.backend.backend()
+    if backend != "tensorflow":  # the exporters convert TensorFlow graphs
+        raise UserError(
+            f"exporting needs the TensorFlow backend (KERAS_BACKEND={backend} now); a .keras "
+            "file saved on any backend loads there: rerun with KERAS_BACKEND=tensorflow"
+        )
+
+
 def inference_model(model):
     """A float32 copy of `model` whose call always runs in inference mode.
 
@@ -102,6 +113,7 @@ def export_model(model, path, format):
     Example:
         >>> export_model(model, "model.tflite", "litert")
     """
+    _check_backend()
     check_format(format)
     with warnings.catch_warnings():  # Keras' tf2onnx patch trips NumPy's np.object notice
         warnings.simplefilter("ignore", FutureWarning)
@@ -199,6 +211,7 @@ class Exported:
 
 def disk_size(path):
     """Bytes of an exported file, or of all files under a SavedModel directory."""
+    path = Path(path)
     if path.is_dir():
         return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
     return path.stat().st_size
@@ -241,6 +254,7 @@ def export_run(run_dir, format, output=None, checkpoint="model.keras", images=10
     """
     from fashion_keras.rundir import load_run_model
 
+    _check_backend()
     check_format(format)
     check_int("images", images, minimum=1)
     model, x_test, _ = load_run_model(run_dir, data_dir, checkpoint)
