@@ -7,6 +7,7 @@ ARGS   ?=
 BENCH_ARGS ?= --accuracy-epochs 5 --accuracy-seeds 3
 FRONTIER_ARGS ?=
 STUDY_ARGS ?=
+METHODS_ARGS ?=
 
 .DEFAULT_GOAL := help
 SEEDS  ?= 1 2 3
@@ -23,9 +24,9 @@ BACKENDS ?= "jax>=0.4.30" "torch==2.13.0"
 BACKEND_TESTS ?= tests/test_models.py tests/test_uncertainty.py tests/test_shift.py \
 	tests/test_predict.py tests/test_report.py
 
-.PHONY: help install data browser bench bench-export frontier study notebook train-baseline train-dropout \
-	train-fast train-improved _train report compare test test-fast test-backends test-oldest \
-	test-crash lint format clean
+.PHONY: help install data browser bench bench-export frontier study methods notebook \
+	train-baseline train-dropout train-fast train-improved _train report compare test test-fast \
+	test-backends test-oldest test-crash lint format clean
 
 help: ## show this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -81,6 +82,9 @@ compare: data ## train both variants for each of SEEDS on a subset, then compare
 
 study: data ## the dropout study into runs/study, its summary into docs/study (rerun continues)
 	$(BIN)/fashion-keras study --output runs/study --docs docs/study $(STUDY_ARGS)
+
+methods: data ## dropout against its alternatives into runs/methods, summary into docs/methods
+	$(BIN)/fashion-keras methods --output runs/methods --docs docs/methods $(METHODS_ARGS)
 
 notebook: $(STAMP) ## open the notebooks in JupyterLab (installs the notebooks extra)
 	$(BIN)/pip install -q -e ".[notebooks]"

@@ -11,6 +11,7 @@ import pytest
 
 from fashion_keras import build_model, compare, metrics, plots, report, uncertainty
 from fashion_keras.config import dump_config, load_config
+from fashion_keras.shift import SHIFTS
 
 from conftest import CONFIGS, SMOKE, run_cli
 
@@ -178,6 +179,7 @@ def test_report_and_comparison_pages(runs, tmp_path):
         "entropy.png",
         "coverage.png",
         "ood.png",
+        "shift.png",
         "classification_report.txt",
         "classification_report.csv",
         "per_class_accuracy.csv",
@@ -191,6 +193,8 @@ def test_report_and_comparison_pages(runs, tmp_path):
     assert 0 <= summary["expected_calibration_error"] <= 1
     # The baseline has no dropout: its uncertainty is its softmax's; the dropout run has both.
     assert list(summary["uncertainty"]) == ["deterministic"]
+    assert list(summary["shift"]) == ["deterministic"]
+    assert len(summary["shift"]["deterministic"]) == sum(map(len, SHIFTS.values()))
     dropout = json.loads((runs / "dropout" / "report" / "uncertainty.json").read_text())
     assert [row["method"] for row in dropout["metrics"]] == ["deterministic", "mc_dropout"]
     assert dropout["samples"] == 5
@@ -199,6 +203,9 @@ def test_report_and_comparison_pages(runs, tmp_path):
     headings = re.findall(r"<h2>(.*?)</h2>", page)
     assert headings[0] == "Summary" and headings[-1] == "All metrics"
     assert "How sure the model is" in headings and "Out-of-distribution inputs" in headings
+    assert "Under growing shift" in headings and "one ordinary pass (no dropout)" in page
+    dropout_page = (runs / "dropout" / "report" / "index.html").read_text()
+    assert "MC dropout with 5 passes" in dropout_page
     assert "support" in page and ">50<" in page  # support as whole numbers
 
     saved = (runs / "dropout" / "report" / "uncertainty.json").stat().st_mtime_ns
@@ -224,7 +231,7 @@ def test_report_and_comparison_pages(runs, tmp_path):
     if CHROMIUM is None:
         pytest.skip("chromium is not installed (make test installs it where apt is available)")
     for page, tables, min_images in (
-        (out / "index.html", 6, 8),
+        (out / "index.html", 6, 9),
         (runs / "cmp" / "index.html", 4, 3),  # one run per variant: no difference table
     ):
         dom = _open_in_chromium(page, tmp_path / f"{page.parent.name}.png")
@@ -288,14 +295,18 @@ def test_report_predicts_the_test_set_once_and_closes_only_its_figures(
         assert set(plt.get_fignums()) == open_before | {mine.number}
     finally:
         plt.close(mine)
-    # One deterministic pass: the 20 test images and the out-of-distribution sets together.
-    assert len(passes) == 1 and passes[0] > 20
+    # One deterministic pass: the 20 test images and the out-of-distribution sets together;
+    # then the shift series, one pass per point, on the (at most 1,000) images it follows.
+    assert passes[0] > 20 and passes[1:] == [20] * sum(map(len, SHIFTS.values()))
     out = finished_runs / "dropout" / "report"
     saved = json.loads((out / "uncertainty.json").read_text())
     assert saved["samples"] == 2
     deterministic = {row["method"]: row for row in saved["metrics"]}["deterministic"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["expected_calibration_error"] == deterministic["expected_calibration_error"]
+    # The shift series of the dropout model: one ordinary pass and MC dropout with 2 passes.
+    assert list(summary["shift"]) == ["deterministic", "mc_dropout"]
+    assert "MC dropout with 2 passes" in (out / "index.html").read_text()
 
 
 def test_compare_writes_nothing_into_the_runs_it_reads(finished_runs, small_dataset, tmp_path):

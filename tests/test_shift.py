@@ -5,9 +5,10 @@ import pandas as pd
 import pytest
 
 from fashion_keras import build_cnn
+from fashion_keras.errors import UserError
 from fashion_keras.metrics import expected_calibration_error, negative_log_likelihood
 from fashion_keras.plots import closing_figures, plot_shift_series
-from fashion_keras.shift import SHIFTS, shift_series, shifted_images
+from fashion_keras.shift import SHIFTS, shift_series, shift_subset, shifted_images
 from fashion_keras.uncertainty import deterministic_predict
 
 
@@ -196,6 +197,18 @@ def test_shift_series_input_errors(x, model, kwargs, message):
     }
     with pytest.raises(ValueError, match=message):
         shift_series(**args)
+
+
+def test_shift_subset_keeps_a_fixed_random_subset_in_order():
+    x, y = np.arange(100, dtype="float32")[:, None] / 100, np.arange(100) % 10
+    sub_x, sub_y = shift_subset(x, y, 20, seed=3)
+    assert len(sub_x) == 20 and np.all(np.diff(sub_x[:, 0]) > 0)
+    np.testing.assert_array_equal(sub_y, np.round(sub_x[:, 0] * 100).astype(int) % 10)
+    assert np.array_equal(shift_subset(x, y, 20, seed=3)[0], sub_x)
+    assert not np.array_equal(shift_subset(x, y, 20, seed=4)[0], sub_x)
+    assert shift_subset(x, y, 1000)[0] is x  # all of them: nothing to choose
+    with pytest.raises(UserError, match="as long"):
+        shift_subset(x, y[:5], 20)
 
 
 def test_plot_shift_series_draws_a_line_per_method_and_metric(tmp_path):

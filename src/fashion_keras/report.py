@@ -2,8 +2,9 @@
 
 The page opens with what a reader came for (test accuracy and loss, the epoch tested, how
 long it took and on what), then the curves and sample images, the per-class tables, how
-sure the model is (calibration, Monte Carlo dropout, out-of-distribution inputs), and the
-full config and metrics at the end. The figures come from `fashion_keras.plots`.
+sure the model is (calibration, Monte Carlo dropout, out-of-distribution inputs), how it
+fares under growing shift, and the full config and metrics at the end. The figures come
+from `fashion_keras.plots`.
 """
 
 import html
@@ -18,6 +19,10 @@ from fashion_keras.data import CLASS_NAMES
 from fashion_keras.metrics import expected_calibration_error
 from fashion_keras.pages import SHORT_NAMES, image, table_html, write_page
 from fashion_keras.rundir import RunError, load_run, load_run_model
+from fashion_keras.shift import shift_series, shift_subset
+
+SHIFT_IMAGES = 1000  # the most test images a report follows along the shift series
+SHIFT_MC_SAMPLES = 5  # the most Monte Carlo dropout passes per point of a series
 
 
 def classification_table(y_true, y_pred):
@@ -114,6 +119,45 @@ def uncertainty_record(summary):
     }
 
 
+def run_shift(model, x_test, y_test, mc_samples=30):
+    """The model along `shift.SHIFTS`, kept cheap for a report: at most `SHIFT_IMAGES` test
+    images, one ordinary pass and, when the model has dropout, Monte Carlo dropout with at
+    most `SHIFT_MC_SAMPLES` passes.
+
+    Returns:
+        A dict method (`"deterministic"`, `"mc_dropout"`) -> `shift.shift_series` DataFrame.
+    """
+    x, y = shift_subset(x_test, y_test, SHIFT_IMAGES)
+    frames = {
+        "deterministic": shift_series(
+            lambda images: uncertainty.deterministic_predict(model, images), x, y
+        )
+    }
+    if uncertainty.dropout_layers(model):
+        sampler = uncertainty.mc_dropout_model(model, seed=0)
+        samples = min(mc_samples, SHIFT_MC_SAMPLES)
+        frames["mc_dropout"] = shift_series(
+            lambda images: uncertainty.mc_passes(sampler, images, samples, verbose=0), x, y
+        )
+    return frames
+
+
+def shift_section(images, passes):
+    """The page section of `run_shift` on `images` test images, with `passes` Monte Carlo
+    dropout passes (0: no dropout). The figure `shift.png` must be in the same folder."""
+    methods = (
+        f"one ordinary pass, and MC dropout with {passes} passes"
+        if passes
+        else "one ordinary pass (no dropout)"
+    )
+    return (
+        "Under growing shift",
+        f"<p>Accuracy, calibration error and NLL of {images:,} test images as they are turned, "
+        f"moved, noised and faded (fashion_keras.shift): {methods}.</p>"
+        + image("shift.png", "accuracy, ECE and NLL against shift intensity"),
+    )
+
+
 def _plain_value(value):
     if isinstance(value, float):
         return f"{value:.4f}" if abs(value) < 1000 else f"{value:,.0f}"
@@ -173,6 +217,7 @@ def write_report(run_dir, data_dir=None, samples=18, mc_samples=30):
     out.mkdir(exist_ok=True)
     summary = run_uncertainty(model, x, y_true, mc_samples)
     files.write_json(out / "uncertainty.json", uncertainty_record(summary))
+    shift = run_shift(model, x, y_true, mc_samples)
     probs = summary["predictions"]["deterministic"].probabilities  # the one pass over x
     y_pred, confidence = probs.argmax(axis=1), probs.max(axis=1)
     right, wrong = np.flatnonzero(y_pred == y_true), np.flatnonzero(y_pred != y_true)
@@ -188,6 +233,7 @@ def write_report(run_dir, data_dir=None, samples=18, mc_samples=30):
         plots.plot_entropy_histograms(summary["entropy"], out / "entropy.png")
         plots.plot_accuracy_coverage(summary["coverage"], out / "coverage.png")
         plots.plot_ood_auroc(summary["ood"], out / "ood.png")
+        plots.plot_shift_series(shift, out / "shift.png", title=f"{run_dir.name}: under shift")
 
     table = classification_table(y_true, y_pred)
     files.write_text(out / "classification_report.csv", table.to_csv())
@@ -210,6 +256,7 @@ def write_report(run_dir, data_dir=None, samples=18, mc_samples=30):
             "test_errors": int(len(wrong)),
             "test_images": int(len(y_true)),
             "uncertainty": summary["metrics"].to_dict("index"),
+            "shift": {method: frame.to_dict("records") for method, frame in shift.items()},
         },
     )
     write_page(
@@ -224,6 +271,9 @@ def write_report(run_dir, data_dir=None, samples=18, mc_samples=30):
             ("Per-class accuracy", table_html(per_class.to_frame())),
             ("Confusion matrix", image("confusion_matrix.png", "confusion matrix")),
             *uncertainty_sections(summary),
+            shift_section(
+                min(SHIFT_IMAGES, len(y_true)), min(summary["samples"], SHIFT_MC_SAMPLES)
+            ),
             ("Config", f"<pre>{html.escape(run['config'])}</pre>"),
             ("All metrics", table_html(metrics_table(metrics))),
         ],

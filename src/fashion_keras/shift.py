@@ -3,8 +3,9 @@
 Ovadia et al. (2019, "Can you trust your model's uncertainty?") compare uncertainty methods
 by how their accuracy and calibration decay under growing dataset shift. `SHIFTS` lists four
 kinds of shift, each as a series of intensities from none to severe; `shifted_images` makes
-one point of a series (no download), and `shift_series` scores any prediction method over
-them all. `fashion_keras.plots.plot_shift_series` draws the result.
+one point of a series (no download), `shift_subset` picks the test images to follow, and
+`shift_series` scores any prediction method over them all.
+`fashion_keras.plots.plot_shift_series` draws the result.
 """
 
 import numbers
@@ -139,6 +140,32 @@ def shifted_images(x, shift, intensity, seed=0):
         return x.copy()  # exactly, without the float rounding of a resampling
     shifted = SHIFT_FUNCTIONS[shift](x, intensity, np.random.default_rng(seed))
     return np.clip(shifted, 0, 1).astype("float32")
+
+
+def shift_subset(x, y, limit, seed=0):
+    """At most `limit` of the images `x` with their labels `y`, for a shift series: each point
+    of a series predicts them all once, and a few thousand images are enough.
+
+    Args:
+        x: images (N, ...).
+        y: their labels (N,).
+        limit: the most images kept, at least 1.
+        seed: seed of the random subset; the same seed keeps the same images.
+
+    Returns:
+        `(x, y)` as given when `limit >= N`, else a random subset in the images' order.
+
+    Example:
+        >>> x, y = shift_subset(x_test, y_test, 2000)
+        >>> shift_series(lambda images: deterministic_predict(model, images), x, y)
+    """
+    check_int("limit", limit, minimum=1)
+    if len(x) != len(y):
+        raise UserError(f"x and y must be as long. Received: {len(x)} images, {len(y)} labels")
+    if limit >= len(x):
+        return x, y
+    index = np.sort(np.random.default_rng(seed).choice(len(x), size=limit, replace=False))
+    return x[index], y[index]
 
 
 def _score(predicted, y, bins):

@@ -1,7 +1,7 @@
 """Statistics over runs: t confidence intervals of means and of differences, from scipy.stats.
 
-Used by `fashion_keras.compare` (two variants over seeds) and `fashion_keras.study` (a grid
-over seeds).
+Used by `fashion_keras.compare` (two variants over seeds), `fashion_keras.study` (a grid
+over seeds) and `fashion_keras.methods` (uncertainty methods over seeds, and one ensemble).
 """
 
 import numpy as np
@@ -73,3 +73,15 @@ def holm(p_values):
         running = max(running, min(1.0, (len(valid) - k) * p[i]))
         adjusted[i] = running
     return [float(round(a, 12)) for a in adjusted]
+
+
+def one_sample_p_value(values, value):
+    """The two-sided p-value of a one-sample t test of `values` against the number `value`
+    (`scipy.stats.ttest_1samp`): does their mean differ from it? NaN for fewer than two values.
+
+    Example:
+        >>> one_sample_p_value([0.30, 0.32, 0.31], 0.25)  # three seeds against one ensemble
+        0.0091...
+    """
+    values = np.asarray(values, float)
+    return float(stats.ttest_1samp(values, value).pvalue) if len(values) > 1 else np.nan
