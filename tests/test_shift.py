@@ -165,9 +165,11 @@ def test_shift_series_scores_the_shifted_images(x, model):
     ]
     points = list(zip(frame["shift"], frame["intensity"], strict=True))
     assert points == [("rotation", 0), ("rotation", 90), ("noise", 0.0), ("noise", 0.3)]
-    for (_, row), images in zip(frame.iterrows(), seen, strict=True):
+    [images] = seen  # one call, every point's images one after another
+    assert len(images) == 4 * len(x)
+    for (_, row), part in zip(frame.iterrows(), np.split(images, 4), strict=True):
         expected = shifted_images(x, row["shift"], row["intensity"], seed=2)
-        np.testing.assert_array_equal(images, expected)
+        np.testing.assert_array_equal(part, expected)
         p = deterministic_predict(model, expected).probabilities
         assert row["accuracy"] == (p.argmax(1) == y).mean()
         assert row["negative_log_likelihood"] == negative_log_likelihood(p, y)

@@ -21,7 +21,7 @@ from fashion_keras.pages import SHORT_NAMES, image, table_html, write_page
 from fashion_keras.rundir import RunError, load_run, load_run_model
 from fashion_keras.shift import shift_series, shift_subset
 
-SHIFT_IMAGES = 1000  # the most test images a report follows along the shift series
+SHIFT_IMAGES = 500  # the most test images a report follows along the shift series
 SHIFT_MC_SAMPLES = 5  # the most Monte Carlo dropout passes per point of a series
 
 

@@ -168,13 +168,16 @@ def shift_subset(x, y, limit, seed=0):
     return x[index], y[index]
 
 
-def _score(predicted, y, bins):
-    if not isinstance(predicted, Predictions) or len(predicted.probabilities) != len(y):
+def _check_predicted(predicted, n):
+    if not isinstance(predicted, Predictions) or len(predicted.probabilities) != n:
         raise UserError(
-            f"predict_fn must return the Predictions of all {len(y)} images, e.g. "
+            f"predict_fn must return the Predictions of all {n} images, e.g. "
             "`lambda images: deterministic_predict(model, images)`. "
             f"Received: {type(predicted).__name__}"
         )
+
+
+def _score(predicted, y, bins):
     p = predicted.probabilities
     return {
         "accuracy": float((p.argmax(axis=1) == y).mean()),
@@ -189,8 +192,8 @@ def shift_series(predict_fn, x, y, shifts=SHIFTS, seed=0, bins=15):
     Args:
         predict_fn: images -> `fashion_keras.uncertainty.Predictions`, so any method fits,
             e.g. `lambda images: mc_predict(model, images, samples=30, seed=0)`.
-        x: test images (N, 28, 28, 1) in [0, 1]; a few thousand are enough, and each point
-            of each series predicts all of them once.
+        x: test images (N, 28, 28, 1) in [0, 1]; a few thousand are enough. `predict_fn` is
+            called once, on the shifted copies of `x` for every point, one after another.
         y: their class indices (N,), each in [0, 10).
         shifts: dict shift name -> intensities, by default all of `SHIFTS`.
         seed: seed of `shifted_images`.
@@ -218,9 +221,15 @@ def shift_series(predict_fn, x, y, shifts=SHIFTS, seed=0, bins=15):
         _check_shift(shift)
         if len(intensities) == 0:
             raise UserError(f"shifts[{shift!r}] must hold at least one intensity. Received: ()")
+    points = [
+        (shift, intensity) for shift, intensities in shifts.items() for intensity in intensities
+    ]
+    # One call for every point: one Keras predict (and one sampler's passes), not one per point.
+    images = np.concatenate([shifted_images(x, *point, seed) for point in points])
+    predicted = predict_fn(images)
+    _check_predicted(predicted, len(images))
     rows = []
-    for shift, intensities in shifts.items():
-        for intensity in intensities:
-            predicted = predict_fn(shifted_images(x, shift, intensity, seed))
-            rows.append({"shift": shift, "intensity": intensity, **_score(predicted, y, bins)})
+    for i, (shift, intensity) in enumerate(points):
+        part = predicted.select(slice(i * len(x), (i + 1) * len(x)))
+        rows.append({"shift": shift, "intensity": intensity, **_score(part, y, bins)})
     return pd.DataFrame(rows)
