@@ -26,7 +26,7 @@ BACKEND_TESTS ?= tests/test_models.py tests/test_uncertainty.py tests/test_shift
 
 .PHONY: help install data browser bench bench-export frontier study methods notebook \
 	train-baseline train-dropout train-fast train-improved _train report compare test test-fast \
-	test-backends test-oldest test-crash lint format clean
+	test-backends test-long test-oldest test-crash lint format clean
 
 help: ## show this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -95,16 +95,20 @@ browser: ## install headless Chromium for the page tests (Debian, as root)
 	  apt-get update -q && apt-get install -y -q chromium; } || echo "chromium unavailable: page tests will skip"
 
 test: data browser ## the test suite, as CI runs it first (real data; trains small models)
-	$(BIN)/pytest -q -m "not crash and not backends"
+	$(BIN)/pytest -q -m "not crash and not backends and not long"
 
 test-fast: data ## the unit tier for the edit loop: no training subprocess, about a minute
-	$(BIN)/pytest -q -m "not slow and not backends"
+	$(BIN)/pytest -q -m "not slow and not backends and not long"
+
+test-long: data browser ## end to end over many runs: the quick study and methods, notebooks, the wheel (CI)
+	$(BIN)/pytest -q -m long
 
 test-backends: data ## JAX and PyTorch: models move between backends, train runs, unit tier on each
 	$(BIN)/pip install -q $(BACKENDS)
 	$(BIN)/pytest -q -m backends
 	for backend in jax torch; do \
-	  KERAS_BACKEND=$$backend $(BIN)/pytest -q -p no:cacheprovider -m "not slow" $(BACKEND_TESTS) || exit 1; \
+	  KERAS_BACKEND=$$backend $(BIN)/pytest -q -p no:cacheprovider -m "not slow and not long" \
+	    $(BACKEND_TESTS) || exit 1; \
 	done
 
 test-crash: data ## kill a run at every durable moment and fail every write; CI runs it (~22 min)
@@ -116,7 +120,7 @@ test-oldest: data ## the unit tier and the resume/kill tier on the lowest versio
 	$(OLDEST_VENV)/bin/pip install -q -e ".[dev]" $(OLDEST)
 	$(OLDEST_VENV)/bin/python -c "import keras, tensorflow as tf; print('tensorflow', tf.__version__, 'keras', keras.__version__)"
 	$(OLDEST_VENV)/bin/python -c "import numpy, scipy, pandas; print('numpy', numpy.__version__, 'scipy', scipy.__version__, 'pandas', pandas.__version__)"
-	$(OLDEST_VENV)/bin/pytest -q -p no:cacheprovider -m "not slow and not backends"
+	$(OLDEST_VENV)/bin/pytest -q -p no:cacheprovider -m "not slow and not backends and not long"
 	$(OLDEST_VENV)/bin/pytest -q -p no:cacheprovider -m "not crash" tests/test_resume.py tests/test_crash.py
 
 # The PyTorch contender runs where torch is installed: pip install -e ".[bench]".

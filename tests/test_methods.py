@@ -233,7 +233,7 @@ def _model(quick, name):
     return load_model(quick.output / name / methods.CHECKPOINT)
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_a_stopped_comparison_continues_and_a_rerun_trains_nothing(quick):
     assert "1 of 4 runs done" in quick.again.stdout
     assert re.search(r"Resuming after epoch 2 from .*dropout-seed1", quick.again.stdout)
@@ -243,7 +243,7 @@ def test_a_stopped_comparison_continues_and_a_rerun_trains_nothing(quick):
     assert {path: path.stat().st_mtime_ns for path in quick.output.glob("*/*")} == quick.stamps
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_the_table_has_every_method_and_every_column(quick):
     summary = quick.summary
     assert [row["method"] for row in summary["summary"]] == list(methods.METHODS)
@@ -281,7 +281,7 @@ def test_the_table_has_every_method_and_every_column(quick):
     assert (quick.docs / "shift.png").read_bytes() == (quick.output / "shift.png").read_bytes()
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_temperature_is_fitted_on_the_validation_split(quick):
     from fashion_keras.uncertainty import fit_temperature
 
@@ -294,7 +294,7 @@ def test_temperature_is_fitted_on_the_validation_split(quick):
     assert abs(on_test - temperature) > 1e-3  # the check above can tell the splits apart
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_the_ensemble_row_is_ensemble_predict_of_its_members(quick):
     from fashion_keras.metrics import expected_calibration_error, negative_log_likelihood
     from fashion_keras.uncertainty import ensemble_predict

@@ -6,7 +6,7 @@ from nbclient import NotebookClient
 
 from conftest import ROOT
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.long
 
 
 @pytest.mark.parametrize("name", ["01_explore_data.ipynb", "02_baseline_vs_dropout.ipynb"])

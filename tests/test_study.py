@@ -133,7 +133,7 @@ def test_cells_scale_the_dropout_variants_rates():
     assert len(study.cells(study.DEFAULT)) == 60
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_a_stopped_study_continues_and_writes_its_page(tmp_path):
     output = tmp_path / "study"
     args = ["study", "--quick", "--output", str(output), "--docs", str(tmp_path / "docs")]
