@@ -15,7 +15,7 @@ from fashion_keras.config import dump_config
 from fashion_keras.errors import UserError
 from fashion_keras.stats import holm
 
-from conftest import run_cli
+from conftest import ROOT, run_cli
 from test_resume import kill_while_writing
 
 PLAIN_NLL = (0.30, 0.32, 0.31)
@@ -307,3 +307,13 @@ def test_the_ensemble_row_is_ensemble_predict_of_its_members(quick):
     assert row["negative_log_likelihood"] == pytest.approx(negative_log_likelihood(p, y_test))
     assert row["expected_calibration_error"] == pytest.approx(expected_calibration_error(p, y_test))
     assert row["accuracy"] == pytest.approx(float((p.argmax(axis=1) == y_test).mean()))
+
+
+def test_the_readme_quotes_the_committed_comparison():
+    """The README's table and sentences are the ones `write_methods` computed, word for word."""
+    report = json.loads((ROOT / "docs" / "methods" / "summary.json").read_text())
+    readme = (ROOT / "README.md").read_text()
+    assert methods.readme_table(report) in readme
+    flowing = " ".join(readme.split())
+    for sentence in report["conclusions"]:
+        assert " ".join(sentence.split()) in flowing

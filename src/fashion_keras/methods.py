@@ -513,6 +513,23 @@ def methods_table(summary, grid):
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
+README_COLUMNS = ["over", "accuracy", "NLL", "ECE", "error AUROC (entropy)", "training (s)",
+                  "prediction per 10,000 images (s)"]  # fmt: skip
+
+
+def readme_table(report):
+    """The README's table of a comparison, in Markdown, from its `summary.json` (as a dict):
+    the page's table, fewer columns. A test holds the README to it."""
+    grid = Grid(**{**report["grid"], "seeds": tuple(report["grid"]["seeds"])})
+    table = methods_table(pd.DataFrame(report["summary"]), grid)[README_COLUMNS]
+    lines = [
+        "| method | " + " | ".join(table.columns) + " |",
+        "|" + " --- |" * (len(table.columns) + 1),
+    ]
+    lines += [f"| {name} | " + " | ".join(map(str, row)) + " |" for name, row in table.iterrows()]
+    return "\n".join(lines)
+
+
 def ood_table(summary):
     """Out-of-distribution AUROC per set, by entropy and by mutual information (MI)."""
     sets = [c.removesuffix("_auroc_entropy") for c in summary if c.endswith("_auroc_entropy")]
