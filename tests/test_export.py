@@ -127,6 +127,12 @@ def test_bad_requests_are_one_line_errors(trained, tmp_path, monkeypatch):
         export.export_run(run_dir, "onnx", output=tmp_path / "model.tflite")
     with pytest.raises(UserError, match="not found; is .* a finished run"):
         export.export_run(tmp_path, "onnx")
+    mine = tmp_path / "notes"  # a folder of the user's: never replaced by a SavedModel
+    (mine / "keep.txt").parent.mkdir()
+    (mine / "keep.txt").write_text("keep")
+    with pytest.raises(UserError, match="is a directory that holds no SavedModel"):
+        export.export_run(run_dir, "savedmodel", output=mine)
+    assert (mine / "keep.txt").read_text() == "keep"
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if the extra were missing
     with pytest.raises(UserError, match=r'needs the package onnxruntime .*\[export\]"'):
         export.export_run(run_dir, "onnx")

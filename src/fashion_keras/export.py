@@ -218,7 +218,8 @@ def disk_size(path):
 
 
 def _publish(tmp, path):
-    """Moves the finished export `tmp` to `path`, replacing what was there."""
+    """Moves the finished export `tmp` to `path`, replacing the export that was there (a
+    directory only if it holds a SavedModel: `export_run` checks that first)."""
     if path.is_dir():
         old = path.parent / files.temporary_name(path)
         os.replace(path, old)
@@ -263,6 +264,10 @@ def export_run(run_dir, format, output=None, checkpoint="model.keras", images=10
     if path.suffix != suffix or (path.exists() and path.is_dir() != (not suffix)):
         kind = f"a file ending in {suffix}" if suffix else "a directory"
         raise UserError(f"--output {path}: {format} exports are {kind}; choose another name")
+    if path.is_dir() and not (path / "saved_model.pb").is_file():  # replaced only if ours
+        raise UserError(
+            f"--output {path} is a directory that holds no SavedModel; choose a new name"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / files.temporary_name(path)
     try:
