@@ -118,32 +118,33 @@ def _compare(args):
 
 def _study(args):
     from fashion_keras import study
-    from fashion_keras.train import TrainingInterrupted
 
     grid = study.QUICK if args.quick else study.DEFAULT
-    try:
-        study.run_study(args.output, grid, data_dir=args.data_dir)
-    except TrainingInterrupted as e:
-        print("fashion-keras: study stopped; run the same command to continue", file=sys.stderr)
-        return e.exit_status
-    print(study.write_study(args.output, grid, data_dir=args.data_dir, docs=args.docs))
+    return _run_then_write("study", study.run_study, study.write_study, grid, args)
 
 
 def _methods(args):
     import dataclasses
 
     from fashion_keras import methods
-    from fashion_keras.train import TrainingInterrupted
 
     grid = methods.QUICK if args.quick else methods.DEFAULT
     if args.train_limit:
         grid = dataclasses.replace(grid, train_limit=args.train_limit)
+    return _run_then_write("methods", methods.run_methods, methods.write_methods, grid, args)
+
+
+def _run_then_write(name, run, write, grid, args):
+    """A grid of runs (the study, the methods comparison): train what is unfinished, then
+    write the page; a stopped grid says how to continue."""
+    from fashion_keras.train import TrainingInterrupted
+
     try:
-        methods.run_methods(args.output, grid, data_dir=args.data_dir)
+        run(args.output, grid, data_dir=args.data_dir)
     except TrainingInterrupted as e:
-        print("fashion-keras: methods stopped; run the same command to continue", file=sys.stderr)
+        print(f"fashion-keras: {name} stopped; run the same command to continue", file=sys.stderr)
         return e.exit_status
-    print(methods.write_methods(args.output, grid, data_dir=args.data_dir, docs=args.docs))
+    print(write(args.output, grid, data_dir=args.data_dir, docs=args.docs))
 
 
 def _predict(args):
