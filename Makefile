@@ -24,7 +24,7 @@ BACKENDS ?= "jax>=0.4.30" "torch==2.13.0"
 BACKEND_TESTS ?= tests/test_models.py tests/test_uncertainty.py tests/test_shift.py \
 	tests/test_predict.py tests/test_report.py
 
-.PHONY: help install data browser bench bench-export frontier study methods notebook \
+.PHONY: help install data browser bench bench-export frontier profile study methods notebook \
 	train-baseline train-dropout train-fast train-improved _train report compare test test-fast \
 	test-backends test-long test-oldest test-crash lint format clean
 
@@ -130,8 +130,12 @@ bench: data ## throughput, and 5-epoch accuracy over 3 seeds: naive Keras vs thi
 bench-export: data ## batch-1 latency, throughput and parity of SavedModel, ONNX and LiteRT beside Keras
 	$(BIN)/python bench/export_latency.py --json bench/export.json
 
-frontier: data ## test accuracy within 1, 5 and 30 minutes: presets vs naive Keras vs PyTorch (~100 min)
+frontier: data ## test accuracy within 1, 5 and 30 min over seeds: presets vs naive Keras (f32, bf16) vs PyTorch (~5 h)
 	$(BIN)/python bench/frontier.py $(FRONTIER_ARGS)
+
+profile: data ## where a training step's time goes, layer by layer, against the matmul peak
+	$(BIN)/python bench/profile_step.py --preset baseline --preset fast --preset improved \
+	  --json bench/profile.json
 
 lint: $(STAMP) ## check style with ruff
 	$(BIN)/ruff check src tests bench

@@ -6,13 +6,17 @@ pooled 2x2 with same padding, 28 -> 14 -> 7 -> 4; a 128-unit dense layer; 10 log
 """
 
 
-def keras_tutorial_model():
-    """The tutorial network in plain Keras, compiled with Adam 1e-3 as a user would, float32."""
+def keras_tutorial_model(policy="float32"):
+    """The tutorial network in plain Keras, compiled with Adam 1e-3 as a user would.
+
+    `policy`: the Keras dtype policy; `"mixed_bfloat16"` is what a user who read Keras'
+    mixed-precision guide would set on a CPU with bfloat16 units.
+    """
     import keras
 
     from fashion_keras import tutorial_model
 
-    keras.mixed_precision.set_dtype_policy("float32")
+    keras.mixed_precision.set_dtype_policy(policy)
     model = tutorial_model()
     model.compile(
         optimizer=keras.optimizers.Adam(1e-3),

@@ -4,19 +4,24 @@ Each contender runs as its own Python process, so its clock starts before Python
 framework load, as a user's does:
 
 - fashion_keras: `fashion-keras train --config PRESET --set training.time_budget_s=S`, one run
-  per budget; its point is (wall time from launch to exit, the test accuracy it reports).
+  per budget and seed; its point is (wall time from launch to the test result it prints, that
+  test accuracy), and the share of its budget it used.
 - naive Keras: the tutorial network in plain `keras.Sequential`, Adam 1e-3, batch 128, float32,
   one `fit(epochs=1)` after another at a constant learning rate.
+- naive Keras bfloat16: the same with `mixed_bfloat16`, as Keras' mixed-precision guide says.
 - PyTorch eager: the same recipe as a plain PyTorch loop (skipped without torch installed).
 
-The two constant-rate contenders run once, up to the largest budget, and are tested after every
-epoch: that gives their whole curve, and a budget's figure is the last epoch that fits in it.
+The constant-rate contenders run once per seed, up to the largest budget that seed is needed
+for, and are tested after every epoch: that gives their whole curve, and a budget's figure is
+the last epoch that fits in it. Every figure is a mean and standard deviation over seeds
+(42, 43, ...): `--seeds` of them per budget, `--long-seeds` from 30 minutes up.
 
-    python bench/frontier.py [--budgets 1,5,30] [--contenders project,keras,pytorch]
-        [--preset NAME] [--train-limit N] [--json OUT] [--plot OUT.png]
+    python bench/frontier.py [--budgets 1,5,30] [--seeds 3] [--long-seeds 2]
+        [--contenders project,keras,keras-bf16,pytorch] [--preset NAME] [--train-limit N]
+        [--json OUT] [--plot OUT.png]
 
-The defaults take about 100 minutes (36 for the project's runs, 30-odd for each curve). Prints a
-table and writes JSON and a plot. Not part of the tests.
+The defaults take about 5 hours on 2 cores (every contender: 3 x (1 + 5) + 2 x 30 minutes).
+Prints a table and writes JSON and a plot. Not part of the tests.
 """
 
 import argparse
@@ -26,6 +31,7 @@ import json
 import os
 import platform
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,11 +52,23 @@ SEED = 42
 # The project's preset for each budget in seconds; other budgets: "fast" under 2 minutes,
 # "improved" from there (override with --preset).
 PRESETS = {60: "fast", 300: "improved", 1800: "improved"}
-CONTENDERS = {"project": "fashion_keras", "keras": "naive Keras", "pytorch": "PyTorch eager"}
+CONTENDERS = {
+    "project": "fashion_keras",
+    "keras": "naive Keras",
+    "keras-bf16": "naive Keras bfloat16",
+    "pytorch": "PyTorch eager",
+}
+RESULT_LINE = "Test accuracy "  # what `fashion-keras train` prints when the test result is in
+LONG_S = 1800  # budgets from here on run --long-seeds seeds
 
 
 def preset_for(seconds):
     return PRESETS.get(round(seconds), "fast" if seconds < 120 else "improved")
+
+
+def seeds_for(seconds, args):
+    """The seeds a budget is measured with."""
+    return [SEED + i for i in range(args.long_seeds if seconds >= LONG_S else args.seeds)]
 
 
 def clock(seconds):
@@ -95,12 +113,12 @@ def follow_curve(train_one_epoch, evaluate, seconds, out):
             return
 
 
-def naive_keras(x, y, x_test, y_test, seconds, out):
+def naive_keras(x, y, x_test, y_test, seconds, out, seed, policy="float32"):
     """The tutorial recipe as most people would write it in Keras."""
     import keras
 
-    keras.utils.set_random_seed(SEED)
-    model = keras_tutorial_model()
+    keras.utils.set_random_seed(seed)
+    model = keras_tutorial_model(policy)
     follow_curve(
         lambda: model.fit(x, y, batch_size=BATCH_SIZE, epochs=1, shuffle=True, verbose=0),
         lambda: model.evaluate(x_test, y_test, verbose=0),  # Keras' default batch, as naive
@@ -109,12 +127,12 @@ def naive_keras(x, y, x_test, y_test, seconds, out):
     )
 
 
-def pytorch_eager(x, y, x_test, y_test, seconds, out):
+def pytorch_eager(x, y, x_test, y_test, seconds, out, seed):
     """The same recipe as a plain PyTorch loop (with PyTorch's default initialisation)."""
     import torch
     from torch import nn
 
-    torch.manual_seed(SEED)
+    torch.manual_seed(seed)
     torch.set_num_threads(os.cpu_count())
     net = torch_tutorial_net()
     optimizer = torch.optim.Adam(net.parameters(), lr=LEARNING_RATE)
@@ -142,18 +160,22 @@ def run_naive_child(args):
     from fashion_keras import data  # numpy only: neither framework loads the other's
 
     (x, y), _, (x_test, y_test) = data.load_data(train_limit=args.train_limit, download=False)
-    contender = naive_keras if args.child == "keras" else pytorch_eager
-    contender(x, y, x_test, y_test, args.seconds, args.json)
+    run = (x, y, x_test, y_test, args.seconds, args.json, args.seed)
+    if args.child == "pytorch":
+        return pytorch_eager(*run)
+    naive_keras(*run, policy="mixed_bfloat16" if args.child == "keras-bf16" else "float32")
 
 
 # The bench: launch each contender, echo its progress, collect its points.
 def run_child(command, label, limit_s):
     """Runs `command` from the repository root, echoing its progress lines after `[label]`.
 
-    Returns (exit status, wall seconds from launch to exit, the end of its stderr). A child
-    still running after `limit_s` is killed.
+    Returns (exit status, wall seconds from launch to exit, wall seconds from launch to the
+    line that gives the test result (None if none did), the end of its stderr). A child still
+    running after `limit_s` is killed.
     """
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+    result_s = None
     with tempfile.TemporaryFile("w+") as stderr:
         env["FRONTIER_LAUNCHED"] = repr(launched := time.time())
         child = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=stderr)
@@ -161,6 +183,8 @@ def run_child(command, label, limit_s):
         watchdog.start()
         for line in child.stdout:
             line = line.decode(errors="replace").rstrip()
+            if line.startswith(RESULT_LINE) and result_s is None:
+                result_s = round(time.time() - launched, 2)
             # Not Keras' "Epoch k/N" headers, nor the metrics JSON that `train` prints last.
             if line and line[0] not in "{} " and not line.startswith("Epoch "):
                 print(f"  [{label}] {line}", flush=True)
@@ -171,81 +195,113 @@ def run_child(command, label, limit_s):
     if status:
         last_lines = "\n".join(tail.splitlines()[-15:])
         print(f"{label}: FAILED (exit {status}); stderr ends:\n{last_lines}", file=sys.stderr)
-    return status, round(wall, 2), tail
+    return status, round(wall, 2), result_s, tail
 
 
-def run_curve(key, seconds, train_limit, tmp):
+def run_curve(key, seconds, seed, train_limit, tmp):
     """One run of a constant-rate contender up to `seconds`: its whole curve."""
-    name, out = CONTENDERS[key], Path(tmp) / f"{key}.json"
+    name, out = f"{CONTENDERS[key]}, seed {seed}", Path(tmp) / f"{key}-seed{seed}.json"
     command = [sys.executable, str(Path(__file__).resolve()), "--child", key]
-    command += ["--seconds", f"{seconds:g}", "--json", str(out)]
+    command += ["--seconds", f"{seconds:g}", "--seed", str(seed), "--json", str(out)]
     command += ["--train-limit", str(train_limit)] if train_limit else []
     print(f"{name}: epochs up to {clock(seconds)}", flush=True)
-    status, wall, tail = run_child(command, name, limit_s=2 * seconds + 180)
+    status, wall, _, tail = run_child(command, name, limit_s=2 * seconds + 180)
     curve = json.loads(out.read_text())["curve"] if out.exists() else []
     print(f"{name}: {len(curve)} epoch(s) in {clock(wall)}, exit {status}", flush=True)
-    result = {"command": shlex.join(["python", *command[1:]]), "exit_status": status}
+    result = {"seed": seed, "command": shlex.join(["python", *command[1:]]), "exit_status": status}
     return {**result, "wall_s": wall, "stderr_tail": tail if status else None, "curve": curve}
 
 
-def run_project(seconds, preset, train_limit, tmp):
+def run_project(seconds, seed, preset, train_limit, tmp):
     """One `fashion-keras train` run with a time budget of `seconds`."""
-    label, output = f"fashion_keras {preset}, {seconds / 60:g} min", Path(tmp) / f"{seconds:g}s"
+    label = f"fashion_keras {preset}, {seconds / 60:g} min, seed {seed}"
+    output = Path(tmp) / f"{seconds:g}s-seed{seed}"
     command = [sys.executable, "-m", "fashion_keras.cli", "train", "--config", preset]
-    command += ["--set", f"training.time_budget_s={seconds:g}", "--output", str(output)]
+    command += ["--set", f"training.time_budget_s={seconds:g}", "--set", f"seed={seed}"]
+    command += ["--output", str(output)]
     command += ["--set", f"data.train_limit={train_limit}"] if train_limit else []
     print(f"{label}: started", flush=True)
-    status, wall, tail = run_child(command, label, limit_s=2 * seconds + 180)
-    run = {"budget_s": seconds, "preset": preset, "command": shlex.join(["python", *command[1:]])}
-    run.update(exit_status=status, wall_s=wall, within_budget=wall <= seconds, metrics=None)
+    status, wall, result_s, tail = run_child(command, label, limit_s=2 * seconds + 180)
+    run = {"budget_s": seconds, "seed": seed, "preset": preset}
+    run.update(command=shlex.join(["python", *command[1:]]), exit_status=status, wall_s=wall)
+    run.update(result_s=result_s, metrics=None)
     metrics_file = output / "metrics.json"
-    if status or not metrics_file.exists():
+    if status or not metrics_file.exists() or result_s is None:
         return {**run, "stderr_tail": tail}
     metrics = json.loads(metrics_file.read_text())
-    keys = ("test_accuracy", "test_loss", "process_wall_time_s", "epochs")
+    keys = ("test_accuracy", "test_loss", "process_wall_time_s", "epochs", "train_images_per_s")
     run["metrics"] = {key: metrics.get(key) for key in keys}
-    print(f"{label}: {metrics['test_accuracy']:.4f} in {clock(wall)}", flush=True)
+    run["plan"] = metrics.get("plan")
+    print(
+        f"{label}: {metrics['test_accuracy']:.4f} at {clock(result_s)} "
+        f"({result_s / seconds:.0%} of the budget; exited at {clock(wall)})",
+        flush=True,
+    )
     return run
 
 
-# Reading the results: each contender's figure for each budget.
-def figure_for(result, seconds):
-    """A contender's test accuracy for a budget, when it reached it and in how many epochs.
+# Reading the results: each contender's figure for each budget, over seeds.
+def point_for(result, seconds, seed):
+    """One seed's point for a budget: `{"test_accuracy", "seconds", "epochs", ...}`.
 
-    For a curve: its last epoch within the budget, as many as fit (the best epoch is noted, but
-    choosing it would take the test set). None: no epoch fits; {"failed": exit status}.
+    The project: its run for this budget and seed (with the share of the budget it used).
+    A curve: its last epoch within the budget, as many as fit (choosing its best epoch would
+    take the test set). None: no epoch fits; {"failed": exit status}.
     """
-    if "runs" in result:  # the project: its run for this budget
-        run = next(r for r in result["runs"] if r["budget_s"] == seconds)
+    if "runs" in result:
+        run = next(r for r in result["runs"] if (r["budget_s"], r["seed"]) == (seconds, seed))
         if run["metrics"] is None:
             return {"failed": run["exit_status"]}
         return {
             "test_accuracy": run["metrics"]["test_accuracy"],
-            "seconds": run["wall_s"],
+            "seconds": run["result_s"],
             "epochs": run["metrics"]["epochs"],
-            "preset": run["preset"],
-            "within_budget": run["within_budget"],
+            "budget_used": run["result_s"] / seconds,
         }
-    points = [p for p in result["curve"] if p["seconds"] <= seconds]
+    curve = next(c for c in result["curves"] if c["seed"] == seed)
+    points = [p for p in curve["curve"] if p["seconds"] <= seconds]
     if not points:
-        return {"failed": result["exit_status"]} if result["exit_status"] else None
-    last, best = points[-1], max(points, key=lambda p: p["test_accuracy"])
+        return {"failed": curve["exit_status"]} if curve["exit_status"] else None
+    last = points[-1]
     return {
         "test_accuracy": last["test_accuracy"],
         "seconds": last["seconds"],
         "epochs": last["epoch"],
-        "best_test_accuracy": best["test_accuracy"],
-        "best_epoch": best["epoch"],
     }
 
 
-def frontier(contenders, budgets):
+def figure_for(result, seconds, seeds):
+    """A contender's figure for a budget: the mean and spread over `seeds` of its points.
+
+    None when a seed has no point (no epoch fits); `{"failed": [statuses]}` when one failed.
+    """
+    points = [point_for(result, seconds, seed) for seed in seeds]
+    if failed := [p["failed"] for p in points if p and "failed" in p]:
+        return {"failed": failed}
+    if None in points:
+        return None
+    accuracy = [p["test_accuracy"] for p in points]
+    figure = {
+        "test_accuracy_mean": statistics.mean(accuracy),
+        "test_accuracy_std": statistics.stdev(accuracy) if len(accuracy) > 1 else None,
+        "test_accuracy": accuracy,
+        "seconds_mean": statistics.mean(p["seconds"] for p in points),
+        "epochs": [p["epochs"] for p in points],
+        "seeds": seeds,
+    }
+    if "runs" in result:
+        used = [p["budget_used"] for p in points]
+        figure.update(preset=result["runs"][0]["preset"], budget_used=[round(u, 3) for u in used])
+    return figure
+
+
+def frontier(contenders, budgets, args):
     rows = []
     for seconds in budgets:
         row = {"budget_s": seconds}
         for name, result in contenders.items():
             if "skipped" not in result:
-                row[name] = figure_for(result, seconds)
+                row[name] = figure_for(result, seconds, seeds_for(seconds, args))
         rows.append(row)
     return rows
 
@@ -254,53 +310,71 @@ def cell(figure):
     if figure is None:
         return "no epoch within budget"
     if "failed" in figure:
-        return f"failed (exit {figure['failed']})"
-    text = f"{figure['test_accuracy']:.4f} at {clock(figure['seconds'])}, {figure['epochs']} ep"
+        return f"failed (exit {', '.join(map(str, figure['failed']))})"
+    spread = figure["test_accuracy_std"]
+    text = f"{figure['test_accuracy_mean']:.4f}" + (f" ± {spread:.4f}" if spread else "")
+    epochs = sorted(set(figure["epochs"]))
+    text += f", {'-'.join(map(str, epochs[:: max(1, len(epochs) - 1)]))} ep"
     if "preset" in figure:
-        return text + f", {figure['preset']}" + ("" if figure["within_budget"] else ", OVER")
-    if figure["best_test_accuracy"] > figure["test_accuracy"]:
-        text += f" (best {figure['best_test_accuracy']:.4f}, ep {figure['best_epoch']})"
+        used = figure["budget_used"]
+        text += f", {figure['preset']}, {min(used):.0%}-{max(used):.0%} of budget"
     return text
 
 
 def print_table(rows, names):
-    print(f"\n| budget | {' | '.join(names)} |\n| ------ |{' --- |' * len(names)}")
+    print(f"\n| budget | seeds | {' | '.join(names)} |\n| --- | --- |{' --- |' * len(names)}")
     for row in rows:
         cells = [cell(row[name]) if name in row else "skipped" for name in names]
-        print(f"| {row['budget_s'] / 60:g} min | {' | '.join(cells)} |")
+        n = next(
+            (len(row[name]["seeds"]) for name in names if (row.get(name) or {}).get("seeds")), 0
+        )
+        print(f"| {row['budget_s'] / 60:g} min | {n} | {' | '.join(cells)} |")
 
 
 def plot_frontier(report):
-    """Accuracy against wall minutes: curves as lines, the project's runs as stars."""
+    """Accuracy against wall minutes: each seed's curve as a thin line, the project's runs
+    as stars, and each contender's mean per budget as a larger marker."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(8, 5), layout="constrained")
     ax = fig.subplots()
+    colors = dict(zip(report["contenders"], ["black", "C0", "C1", "C2", "C3"], strict=False))
     for name, result in report["contenders"].items():
-        if result.get("curve"):
-            minutes = [p["seconds"] / 60 for p in result["curve"]]
-            accuracy = [p["test_accuracy"] for p in result["curve"]]
-            ax.plot(minutes, accuracy, marker="o", markersize=3, label=name)
+        for i, curve in enumerate(result.get("curves", [])):
+            minutes = [p["seconds"] / 60 for p in curve["curve"]]
+            accuracy = [p["test_accuracy"] for p in curve["curve"]]
+            label = name if i == 0 else None
+            ax.plot(minutes, accuracy, color=colors[name], lw=0.8, alpha=0.6, label=label)
         runs = [r for r in result.get("runs", []) if r["metrics"]]
         if runs:
-            minutes = [r["wall_s"] / 60 for r in runs]
+            minutes = [r["result_s"] / 60 for r in runs]
             accuracy = [r["metrics"]["test_accuracy"] for r in runs]
-            label = f"{name} (a run per budget)"
-            ax.scatter(minutes, accuracy, s=150, marker="*", color="black", zorder=3, label=label)
-            for m, a, r in zip(minutes, accuracy, runs, strict=True):
-                ax.annotate(r["preset"], (m, a), xytext=(6, -12), textcoords="offset points")
+            label = f"{name} (a run per budget and seed)"
+            ax.scatter(minutes, accuracy, s=60, marker="*", color="black", zorder=3, label=label)
+    for row in report["frontier"]:
+        for name, figure in row.items():
+            if isinstance(figure, dict) and "test_accuracy_mean" in figure:
+                ax.scatter(
+                    figure["seconds_mean"] / 60,
+                    figure["test_accuracy_mean"],
+                    s=90,
+                    marker="D",
+                    facecolor="none",
+                    edgecolor=colors[name],
+                    zorder=4,
+                )
     budgets = [s / 60 for s in report["setup"]["budgets_s"]]
     for minutes in budgets:
         ax.axvline(minutes, linestyle=":", color="gray")
     ax.set_xscale("log")
     ax.set_xticks(budgets, [f"{m:g} min" for m in budgets])
-    ax.set_xlabel("wall time from launch, start-up included (log scale)")
+    ax.set_xlabel("wall time from launch to the test result (log scale); ◇ mean over seeds")
     ax.set_ylabel("test accuracy")
     ax.set_title(report["machine"].rsplit(", ", 1)[0], fontsize=9)  # without the platform
     ax.grid(alpha=0.3)
     ax.tick_params(axis="x", which="minor", labelbottom=False)
     if ax.get_legend_handles_labels()[0]:  # none when every contender failed
-        ax.legend()
+        ax.legend(fontsize=8)
     return fig
 
 
@@ -314,14 +388,21 @@ def version(package):
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budgets", default="1,5,30", help="minutes (default 1,5,30)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per budget (default 3)")
+    parser.add_argument(
+        "--long-seeds", type=int, default=2, help="seeds per budget from 30 minutes (default 2)"
+    )
     parser.add_argument("--contenders", default=",".join(CONTENDERS), help="default: all")
     parser.add_argument("--preset", help="the project's preset for every budget")
     parser.add_argument("--train-limit", type=int, metavar="N", help="class-balanced subset")
     parser.add_argument("--runs", metavar="DIR", help="keep the project's run directories here")
     parser.add_argument("--json", default="bench/frontier.json", metavar="OUT")
     parser.add_argument("--plot", default="bench/frontier.png", metavar="OUT.png")
-    parser.add_argument("--child", choices=["keras", "pytorch"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--child", choices=["keras", "keras-bf16", "pytorch"], help=argparse.SUPPRESS
+    )
     parser.add_argument("--seconds", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=SEED, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
         budgets = sorted({60 * float(minutes) for minutes in args.budgets.split(",")})
@@ -330,6 +411,11 @@ def parse_args(argv):
     if budgets[0] <= 0:
         parser.error(f"--budgets takes positive minutes, e.g. 1,5,30. Received: {args.budgets!r}")
     args.budgets = budgets
+    if min(args.seeds, args.long_seeds) < 1:
+        parser.error(
+            "--seeds and --long-seeds must be at least 1. "
+            f"Received: {args.seeds}, {args.long_seeds}"
+        )
     args.contenders = args.contenders.split(",")
     if unknown := set(args.contenders) - set(CONTENDERS):
         parser.error(f"Unknown contenders {sorted(unknown)}. Available: {', '.join(CONTENDERS)}")
@@ -358,15 +444,20 @@ def main(argv=None):
             name = CONTENDERS[key]
             if key == "project":
                 runs = [
-                    run_project(s, args.preset or preset_for(s), args.train_limit, tmp)
+                    run_project(s, seed, args.preset or preset_for(s), args.train_limit, tmp)
                     for s in args.budgets
+                    for seed in seeds_for(s, args)
                 ]
                 contenders[name] = {"runs": runs}
             elif key == "pytorch" and importlib.util.find_spec("torch") is None:
                 print(f"{name}: skipped, torch is not installed (pip install torch)", flush=True)
                 contenders[name] = {"skipped": "torch is not installed"}
-            else:
-                contenders[name] = run_curve(key, args.budgets[-1], args.train_limit, tmp)
+            else:  # each seed's curve up to the largest budget that needs the seed
+                longest = {seed: s for s in args.budgets for seed in seeds_for(s, args)}
+                curves = [
+                    run_curve(key, s, seed, args.train_limit, tmp) for seed, s in longest.items()
+                ]
+                contenders[name] = {"curves": curves}
 
     report = {
         "machine": line,
@@ -380,10 +471,11 @@ def main(argv=None):
             "train_limit": args.train_limit,
             "batch_size": BATCH_SIZE,
             "learning_rate": LEARNING_RATE,
-            "seed": SEED,
+            "seeds": args.seeds,
+            "long_seeds": args.long_seeds,
         },
         "contenders": contenders,
-        "frontier": frontier(contenders, args.budgets),
+        "frontier": frontier(contenders, args.budgets, args),
     }
     print_table(report["frontier"], [CONTENDERS[key] for key in args.contenders])
     files.write_text(args.json, json.dumps(report, indent=2) + "\n")

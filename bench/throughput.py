@@ -1,4 +1,5 @@
-"""Throughput of the tutorial network: naive Keras vs this project's path vs PyTorch eager.
+"""Throughput of the tutorial network: naive Keras (float32 and bfloat16) vs this project's
+path vs PyTorch eager, and each as a share of this CPU's measured matrix-multiply peak.
 
 Setup: the same data (a class-balanced slice of the training set), the same network
 (`baseline`), the same batch size. Contenders alternate round by round, so a machine that
@@ -11,6 +12,9 @@ swings between about 1,000 and 1,700 images/s from minute to minute for every co
 With --accuracy-epochs N it also trains naive Keras and `fashion-keras train` for N epochs on
 the full 55,000 images, once per seed, and compares their mean test accuracy (the fast path
 must not cost any).
+The peak is TensorFlow's best on one 2048-square matrix product, in float32 and in bfloat16
+(see `peak.py`); a contender's share is its training FLOP/s (3 x the network's forward
+multiply-adds x 2, per image) over the peak of the precision it computes in.
 Prints a table and, with --json, writes the same numbers as JSON. Not part of the tests.
 """
 
@@ -37,13 +41,19 @@ from fashion_keras.distribute import describe_device  # noqa: E402
 from fashion_keras.train import compile_model, resolve_precision, train  # noqa: E402
 
 from contenders import keras_tutorial_model, torch_tutorial_net  # noqa: E402
+from peak import (  # noqa: E402
+    TRAINING_PER_FORWARD,
+    forward_flops,
+    matmul_peak_gflops,
+    share_of_peak,
+)
 
 BATCH_SIZE = 128
 
 
 # Setup: the naive tutorial-style code, as most people would write it (bench/contenders.py).
-def naive_keras(x, y, x_test, epochs):
-    model = keras_tutorial_model()
+def naive_keras(x, y, x_test, epochs, policy="float32"):
+    model = keras_tutorial_model(policy)
     model.fit(x, y, batch_size=BATCH_SIZE, epochs=1, verbose=0)  # warm-up: tracing
     start = time.perf_counter()
     model.fit(x, y, batch_size=BATCH_SIZE, epochs=epochs, verbose=0)
@@ -173,10 +183,13 @@ def main(argv=None):
 
     cold, cached = data_load_seconds()
     (x, y), _, (x_test, _) = data.load_data(train_limit=n, download=False)
+    project_precision = resolve_precision(load_config("baseline", args.set).training.precision)
     contenders = {
         "naive Keras": lambda: naive_keras(x, y, x_test, epochs),
+        "naive Keras bf16": lambda: naive_keras(x, y, x_test, epochs, "mixed_bfloat16"),
         "fashion_keras": lambda: project(x, y, x_test, epochs, args.set),
     }
+    computes_in = {"naive Keras bf16": "bfloat16", "fashion_keras": project_precision}
     try:
         import torch  # noqa: F401
 
@@ -189,15 +202,20 @@ def main(argv=None):
             keras.backend.clear_session()
             times[name].append(run())
 
+    peaks = {dtype: matmul_peak_gflops(dtype) for dtype in ("float32", "bfloat16")}
+    flops = TRAINING_PER_FORWARD * forward_flops(keras_tutorial_model())
     results = {}
     for name, samples in times.items():
         train = statistics.median(t for t, _ in samples)
         infer = statistics.median(i for _, i in samples)
         rates = [n * epochs / t for t, _ in samples]
+        dtype = "bfloat16" if "bfloat16" in computes_in.get(name, "") else "float32"
         results[name] = {
             "train_images_per_s": n * epochs / train,
             "train_images_per_s_range": [min(rates), max(rates)],
             "inference_images_per_s": len(x_test) / infer,
+            "computes_in": dtype,
+            "share_of_peak": share_of_peak(n * epochs / train, flops, peaks[dtype]),
         }
     naive, ours = results["naive Keras"], results["fashion_keras"]
     ratios = {
@@ -230,10 +248,10 @@ def main(argv=None):
             "epochs_timed": epochs,
             "rounds": rounds,
             "project_overrides": args.set,
-            "project_precision": resolve_precision(
-                load_config("baseline", args.set).training.precision
-            ),
+            "project_precision": project_precision,
         },
+        "matmul_peak_gflops": peaks,
+        "training_flops_per_image": flops,
         "results": results,
         "ratios": ratios,
         "data_load_s": {"cold": cold, "cached": cached},
@@ -247,13 +265,21 @@ def main(argv=None):
     print(
         f"{n} training images x {epochs} epoch(s), batch {BATCH_SIZE}, median of {rounds} rounds\n"
     )
-    print(f"| {'contender':<15} | train images/s | (min–max of rounds) | inference images/s |")
-    print(f"| {'-' * 15} | -------------- | ------------------- | ------------------ |")
+    print(
+        f"matmul peak: float32 {peaks['float32']:,.0f} GFLOP/s, bfloat16 "
+        f"{peaks['bfloat16']:,.0f} GFLOP/s; training costs {flops / 1e6:.1f} MFLOP per image\n"
+    )
+    print(
+        f"| {'contender':<16} | train images/s | (min–max of rounds) | share of peak "
+        "| inference images/s |"
+    )
+    print(f"| {'-' * 16} | {' | '.join('-' * w for w in (14, 19, 13, 18))} |")
     for name, r in results.items():
         train, infer = r["train_images_per_s"], r["inference_images_per_s"]
         low, high = r["train_images_per_s_range"]
         spread = f"{low:,.0f}–{high:,.0f}"
-        print(f"| {name:<15} | {train:>14,.0f} | {spread:>19} | {infer:>18,.0f} |")
+        share = f"{r['share_of_peak']:.0%} of {r['computes_in']}"
+        print(f"| {name:<16} | {train:>14,.0f} | {spread:>19} | {share:>13} | {infer:>18,.0f} |")
     print()
     for key, value in ratios.items():
         print(f"{key}: {value:.2f}x")

@@ -76,7 +76,7 @@ def test_data_check_verifies_the_real_files():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", ["baseline", "dropout"])
+@pytest.mark.parametrize("variant", ["baseline", pytest.param("dropout", marks=pytest.mark.long)])
 def test_train_one_epoch_writes_a_complete_run_directory(variant, tmp_path):
     run_dir = tmp_path / variant
     sets = [arg for s in SMOKE for arg in ("--set", s)]

@@ -1,6 +1,6 @@
 import pytest
 
-from fashion_keras.config import ConfigError, from_dict, list_presets, load_config
+from fashion_keras.config import ConfigError, dump_config, from_dict, list_presets, load_config
 
 from conftest import CONFIGS, ROOT
 
@@ -35,6 +35,12 @@ def test_epochs_and_time_budget_are_alternatives():
         load_config("baseline", ["training.epochs=null"])
 
 
+def test_epochs_may_end_with_a_fraction_and_whole_ones_stay_whole():
+    assert load_config("baseline", ["training.epochs=3.25"]).training.epochs == 3.25
+    whole = load_config("baseline", ["training.epochs=4.0"])
+    assert type(whole.training.epochs) is int and "{epochs: 4," in dump_config(whole)
+
+
 def test_overrides_are_typed_and_nested():
     config = load_config(
         CONFIGS / "baseline.yaml",
@@ -58,15 +64,20 @@ def test_overrides_are_typed_and_nested():
             {"training": {"epoch": 3}},
             "unknown config key 'training.epoch' (did you mean training.epochs?)",
         ),
-        ({"training": {"epochs": "ten"}}, "training.epochs: expected int, got str 'ten'"),
+        ({"training": {"epochs": "ten"}}, "training.epochs: expected float, got str 'ten'"),
         ({"seed": -1}, "seed must be a whole number from 0 to 4294967295 (2**32 - 1). Received: "),
         ({"seed": 2**32}, "seed must be a whole number from 0 to 4294967295"),
-        ({"training": {"epochs": 2.5}}, "training.epochs: expected int"),
+        ({"training": {"warmup_epochs": 1.5}}, "training.warmup_epochs: expected int"),
+        (
+            {"training": {"epochs": 3, "warmup_epochs": 3}},
+            "training.warmup_epochs must be at least 0 and less than training.epochs",
+        ),
         ({"training": {"deterministic": "yes"}}, "training.deterministic: expected bool"),
         (
             {"training": {"epochs": 0}},
             "training.epochs must be at least 1. Received: training.epochs=0",
         ),
+        ({"training": {"epochs": 0.5}}, "training.epochs must be at least 1"),
         ({"training": {"batch_size": 0}}, "training.batch_size must be at least 1"),
         ({"training": {"learning_rate": 0}}, "training.learning_rate must be greater than 0"),
         ({"training": {"learning_rate": -1e-3}}, "training.learning_rate must be greater than 0"),

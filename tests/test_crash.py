@@ -7,8 +7,8 @@ must leave nothing of ours behind and touch nothing of the user's, and must end 
 as the uninterrupted run: the same history, metrics and weights. A write that fails as a
 full disk does is tested the same way. The run carries every kind of state a run has:
 dropout and random shifts and flips (the layers' random state), a cosine learning rate,
-early stopping that fires, the best checkpoint, and a time budget (its epoch count fixed by
-`crash_harness.py`, so that both runs plan the same).
+early stopping that fires, the best checkpoint, and a time budget re-planned after a warm-up
+epoch (its epoch counts fixed by `crash_harness.py`, so that both runs plan the same).
 
 `make test` runs a sample of the moments; `make test-crash` runs every one.
 """
@@ -33,7 +33,7 @@ from conftest import ROOT
 pytestmark = pytest.mark.slow
 
 HARNESS = ROOT / "tests" / "crash_harness.py"
-PLANNED_EPOCHS = 8  # early stopping (patience 2) ends the run at epoch 4
+PLANNED_EPOCHS = 8  # then 1 + 8 after the warm-up; early stopping ends the run at epoch 4
 SETS = [
     "data.train_limit=100",
     "data.eval_limit=100",
@@ -45,7 +45,8 @@ SETS = [
     "training.batch_size=50",
     "training.learning_rate=0.02",
     "training.lr_schedule=cosine",
-    "training.early_stopping_patience=2",
+    "training.warmup_epochs=1",
+    "training.early_stopping_patience=3",
     "training.deterministic=true",
     "training.precision=float32",
 ]
@@ -201,11 +202,11 @@ def sweep(reference, tmp_path, indices, how="kill"):
 
 
 def sample(moments, patterns):
-    """The first moment matching each pattern (1-based)."""
-    found = [
-        next(i for i, m in enumerate(moments, 1) if re.fullmatch(pattern, m))
-        for pattern in patterns
-    ]
+    """The first moment matching each pattern (1-based); for `(pattern, n)`, the n-th."""
+    found = []
+    for pattern in patterns:
+        pattern, n = pattern if isinstance(pattern, tuple) else (pattern, 1)
+        found.append([i for i, m in enumerate(moments, 1) if re.fullmatch(pattern, m)][n - 1])
     return sorted(set(found))
 
 
@@ -220,6 +221,13 @@ def test_the_moments_are_the_durable_changes(reference):
     ]
     commits = [m for m in moments if m == "renamed backup/state.json"]
     assert len(commits) == 4
+    # The re-plan after the warm-up epoch: written before that epoch's commit.
+    replan = moments.index("renamed run/plan.json", 5)
+    assert moments[replan + 1 : replan + 3] == [
+        "written run/config.yaml",
+        "renamed run/config.yaml",
+    ]
+    assert replan < moments.index("renamed backup/state.json")
     assert moments[-6:] == [
         "evaluated",
         "written run/model.keras",
@@ -232,6 +240,7 @@ def test_the_moments_are_the_durable_changes(reference):
 
 # make test's sample: the moments each planted bug of the note in docs/reliability.md needs.
 SAMPLE = [
+    (r"renamed run/plan\.json", 2),  # re-planned, config.yaml not yet: starts again
     r"renamed backup/state\.json",  # epoch 1 committed
     r"written backup/epoch-0004\.weights\.h5",  # waiting (patience) after the best epoch
     r"evaluated",  # after early stopping fired

@@ -126,6 +126,7 @@ def test_two_workers_train_as_one_job(tmp_path):
     )  # the non-chief worker wrote nothing here
 
 
+@pytest.mark.long  # about a minute: CI runs it with test-long
 def test_killed_worker_then_restarted_job_resumes(tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
     processes = _start_workers(run_dir, _free_ports(2), epochs=3)

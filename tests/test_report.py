@@ -165,6 +165,7 @@ def _open_in_chromium(page, screenshot):
 
 
 @pytest.mark.slow
+@pytest.mark.long  # the longest test of `make test` (1.5 min): CI runs it with test-long
 def test_report_and_comparison_pages(runs, tmp_path):
     for variant in ("baseline", "dropout"):
         result = run_cli("report", runs / variant, "--mc-samples", "5")

@@ -120,7 +120,7 @@ class Pause(keras.callbacks.Callback):
         if self.epoch == 1 and batch == 2:
             time.sleep(60)
 real_make_callbacks = train.make_callbacks
-train.make_callbacks = lambda *args: [*real_make_callbacks(*args), Pause()]
+train.make_callbacks = lambda *args, **kwargs: [*real_make_callbacks(*args, **kwargs), Pause()]
 from fashion_keras.cli import main
 sys.exit(main(sys.argv[1:]))
 """

@@ -3,11 +3,18 @@
 Users think "I have 5 minutes", not in epochs. With `training.time_budget_s` a run first
 trains a few batches and validates once to measure its speed on this machine, puts the
 model back exactly as it was, and fixes how many epochs fit between now and the budget,
-leaving room for the test evaluation and the final writes. The learning rate then anneals
+leaving room for the test evaluation and the final writes; to a hundredth of an epoch, the
+last one cut short, so that a budget of a few epochs is not left a whole one early
+(`epochs_within`). The learning rate then anneals
 to zero over exactly that horizon (`training.lr_schedule`: budget-aware schedules, Li,
 Yumer & Ramanan, "Budgeted Training", ICLR 2020). The decision is a plain epoch count, so
 the run it produced can be repeated with `--config RUN/config.yaml`. A budget that cannot
 fit one epoch is refused before training.
+
+That first measure is of a few batches. With `training.warmup_epochs`, whose rising rate
+does not depend on the horizon, the epochs are planned again once the warm-up has run, from
+its measured epochs (validation and all) and the time actually left, so that a run uses its
+budget rather than a margin for the first guess (`replan`).
 
 The budget counts what the caller's clock counts: from the call of `train()` in Python, and
 from process start on the command line.
@@ -35,7 +42,7 @@ EXIT_S = 1.0  # after the test result: metrics, printing and the process's exit
 @dataclasses.dataclass
 class Plan:
     time_budget_s: float
-    epochs: int
+    epochs: float  # a fraction cuts the last epoch short
     seconds_per_step: float  # one training batch, measured
     validation_s: float  # one pass over the validation set, measured
     writes_s: float  # the checkpoint and backup an epoch writes, measured
@@ -43,11 +50,19 @@ class Plan:
     planned_at_s: float  # seconds on the run's clock when the plan was made
     expected_end_s: float  # when the test result is expected, on the run's clock
     train_images_per_s: float
+    final_s: float = 0.0  # the test evaluation, the final writes and the exit
+    warmup_epochs: int = 0  # planned again after these (see `replan`)
+    first_epochs: float | None = None  # the epochs planned before the warm-up, once re-planned
+    replanned_at_s: float | None = None  # seconds on the run's clock when re-planned
+    lr_horizon_epochs: float | None = None  # the planned epochs, when the deadline cut them
+    stopped_at_s: float | None = None  # seconds on the run's clock when the deadline stopped it
 
 
-def with_epochs(config, epochs):
+def with_epochs(config, epochs, lr_horizon_epochs=None):
     """`config` with a fixed number of epochs instead of a time budget."""
-    training = dataclasses.replace(config.training, epochs=epochs, time_budget_s=None)
+    training = dataclasses.replace(
+        config.training, epochs=epochs, time_budget_s=None, lr_horizon_epochs=lr_horizon_epochs
+    )
     return dataclasses.replace(config, training=training)
 
 
@@ -83,17 +98,19 @@ def plan_epochs(
 
     budget_s = config.training.time_budget_s
     steps = math.ceil(len(train_data[0]) / global_batch)
-    epoch_s = steps * seconds_per_step + validation_s + writes_s
+    train_s, fixed_s = steps * seconds_per_step, validation_s + writes_s
     final_s = validation_s * test_size / len(validation[0]) + writes_s + EXIT_S
     now = elapsed_s()
-    epochs = epochs_within(budget_s - now - final_s, epoch_s)
-    if epochs < 1:
-        needed = now + final_s + epoch_s / SAFETY
+    epochs = epochs_within(budget_s - now - final_s, train_s, fixed_s)
+    warmup = config.training.warmup_epochs
+    if epochs < warmup + 1:
+        needed = now + final_s + (warmup + 1) * (train_s + fixed_s) / SAFETY
+        what = f"the {warmup} warm-up epoch(s) and one more" if warmup else "one epoch"
         raise RunError(
-            f"training.time_budget_s={budget_s:g} cannot fit one epoch here: starting and "
-            f"measuring took {now:.1f} s, an epoch takes {epoch_s:.1f} s and the test and "
-            f"final writes {final_s:.1f} s; give at least {math.ceil(needed)} s, or set "
-            "training.epochs"
+            f"training.time_budget_s={budget_s:g} cannot fit {what} here: starting and "
+            f"measuring took {now:.1f} s, an epoch takes {train_s + fixed_s:.1f} s and the "
+            f"test and final writes {final_s:.1f} s; give at least {math.ceil(needed)} s, or "
+            "set training.epochs"
         )
     return Plan(
         time_budget_s=budget_s,
@@ -101,26 +118,146 @@ def plan_epochs(
         seconds_per_step=round(seconds_per_step, 5),
         validation_s=round(validation_s, 3),
         writes_s=round(writes_s, 3),
-        seconds_per_epoch=round(epoch_s, 2),
+        seconds_per_epoch=round(train_s + fixed_s, 2),
         planned_at_s=round(now, 2),
-        expected_end_s=round(now + epochs * epoch_s + final_s, 1),
+        expected_end_s=round(now + seconds_for(epochs, train_s, fixed_s) + final_s, 1),
         train_images_per_s=round(global_batch / seconds_per_step, 1),
+        final_s=round(final_s, 3),
+        warmup_epochs=warmup,
     )
 
 
-def epochs_within(seconds, epoch_s):
-    """The most whole epochs of `epoch_s` seconds that fit in SAFETY x `seconds`."""
-    return max(0, math.floor(SAFETY * seconds / epoch_s))
+def replan(plan, now_s, warmup_epoch_s):
+    """`plan` made again at the end of its warm-up, `now_s` seconds into the run.
+
+    `warmup_epoch_s` is what a warm-up epoch took (training and validation); with the
+    epoch's writes, that is the pace of the epochs to come. The plan keeps at least one
+    epoch after the warm-up, which the annealed rate needs.
+    """
+    train_s, fixed_s = warmup_epoch_s - plan.validation_s, plan.validation_s + plan.writes_s
+    left_s = plan.time_budget_s - now_s - plan.writes_s - plan.final_s  # this epoch's commit
+    more = max(1, epochs_within(left_s, train_s, fixed_s))
+    return dataclasses.replace(
+        plan,
+        epochs=round(plan.warmup_epochs + more, 2),
+        seconds_per_epoch=round(train_s + fixed_s, 2),
+        expected_end_s=round(
+            now_s + plan.writes_s + seconds_for(more, train_s, fixed_s) + plan.final_s, 1
+        ),
+        first_epochs=plan.epochs,
+        replanned_at_s=round(now_s, 2),
+    )
+
+
+class Replan(keras.callbacks.Callback):
+    """Calls `record(replan(...))` at the end of the warm-up, before the epoch's commit.
+
+    Put it before `fashion_keras.callbacks.RunState` and after `EpochTimer`, whose
+    `epoch_time` it reads. A run killed between the record and the commit starts again
+    from scratch with the new plan, and its warm-up is the same whatever the horizon.
+
+    Args:
+        plan: the `Plan` made before training.
+        elapsed_s: the run's clock.
+        record: called with the new `Plan`.
+    """
+
+    def __init__(self, plan, elapsed_s, record):
+        super().__init__()
+        self.plan, self.elapsed_s, self.record = plan, elapsed_s, record
+        self.epoch_times = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch_times.append(logs["epoch_time"])
+        if epoch + 1 == self.plan.warmup_epochs:
+            self.record(replan(self.plan, self.elapsed_s(), float(np.mean(self.epoch_times))))
+
+
+class Deadline(keras.callbacks.Callback):
+    """Stops a budgeted run after the batch that leaves just enough time for the rest.
+
+    A noisy machine can make the planned epochs take longer than measured. After each batch,
+    if the time left would not fit one more batch, the epoch's validation and writes, and the
+    test, training stops there; the epoch still validates, and before its commit
+    `record` gets the plan with the epochs actually trained (to the batch) and the planned
+    ones as the learning rate's horizon, so the saved config repeats the run. Put it before
+    `fashion_keras.callbacks.RunState`.
+
+    Args:
+        plan: the run's `Plan`.
+        elapsed_s: the run's clock.
+        steps_per_epoch: batches in an epoch.
+        record: called with the new `Plan` when it stops the run.
+    """
+
+    def __init__(self, plan, elapsed_s, steps_per_epoch, record):
+        super().__init__()
+        self.plan, self.elapsed_s, self.record = plan, elapsed_s, record
+        self.steps_per_epoch = steps_per_epoch
+        self.stopped_at = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        p = self.plan
+        rest_s = p.seconds_per_step + p.validation_s + p.writes_s + p.final_s
+        if self.stopped_at is None and self.elapsed_s() + rest_s > p.time_budget_s:
+            self.model.stop_training = True
+            self.stopped_at = (self.epoch * self.steps_per_epoch + batch + 1, self.elapsed_s())
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.stopped_at is not None and self.plan.stopped_at_s is None:
+            step, now_s = self.stopped_at
+            self.plan = dataclasses.replace(
+                self.plan,
+                epochs=round(step / self.steps_per_epoch, 4),  # names the step exactly
+                lr_horizon_epochs=self.plan.lr_horizon_epochs or self.plan.epochs,
+                stopped_at_s=round(now_s, 2),
+            )
+            self.record(self.plan)
+
+
+def epochs_within(seconds, train_s, fixed_s):
+    """The most epochs, to a hundredth, that fit in SAFETY x `seconds`.
+
+    An epoch trains for `train_s` and then validates and writes for `fixed_s`; a last
+    epoch cut short trains for its share of `train_s` and still pays `fixed_s`.
+    """
+    seconds = SAFETY * seconds
+    whole = max(0, math.floor(seconds / (train_s + fixed_s)))
+    rest = seconds - whole * (train_s + fixed_s) - fixed_s
+    return round(whole + max(0, math.floor(100 * rest / train_s)) / 100, 2)
+
+
+def seconds_for(epochs, train_s, fixed_s):
+    """What `epochs` (a last one cut short included) take: see `epochs_within`."""
+    return epochs * train_s + math.ceil(epochs) * fixed_s
 
 
 def describe(plan):
     """One line for the log: what was measured and what was decided."""
     fits = "" if plan.expected_end_s <= plan.time_budget_s else " (more than the budget allows)"
+    decided = (
+        f"{plan.epochs:g} epoch(s), test result expected at about {plan.expected_end_s:.0f} s{fits}"
+    )
+    if plan.stopped_at_s is not None:
+        return (
+            f"Stopped at {plan.stopped_at_s:.1f} s, after {plan.epochs:g} of the "
+            f"{plan.lr_horizon_epochs:g} planned epochs: the epochs took longer than measured, "
+            "and the rest must fit the budget"
+        )
+    if plan.replanned_at_s is not None:
+        return (
+            f"Re-planned after the {plan.warmup_epochs} warm-up epoch(s), at "
+            f"{plan.replanned_at_s:.1f} s: {plan.seconds_per_epoch:.1f} s per epoch measured "
+            f"-> {decided} (planned before: {plan.first_epochs:g})"
+        )
+    again = f", planned again after {plan.warmup_epochs} warm-up" if plan.warmup_epochs else ""
     return (
         f"Time budget {plan.time_budget_s:g} s: {plan.planned_at_s:.1f} s used to start and "
         f"measure; {plan.seconds_per_epoch:.1f} s per epoch ({plan.train_images_per_s:,.0f} "
-        f"images/s) -> {plan.epochs} epoch(s), test result expected at about "
-        f"{plan.expected_end_s:.0f} s{fits}"
+        f"images/s) -> {decided}{again}"
     )
 
 
@@ -160,7 +297,7 @@ def _time_steps(model, x, y, global_batch, config):
     clock = _BatchClock()
     callbacks = [clock]
     t = config.training
-    if t.lr_schedule != "constant":  # its per-batch cost, not its rates
+    if t.lr_schedule != "constant" or t.warmup_epochs:  # its per-batch cost, not its rates
         callbacks.append(AnnealLearningRate(t.learning_rate, 10**9, 10**9))
     model.fit(
         make_dataset(x[:n], y[:n], global_batch, config.seed, 0, 1),

@@ -158,25 +158,33 @@ class EarlyStopping(keras.callbacks.EarlyStopping):
 
 
 class AnnealLearningRate(keras.callbacks.Callback):
-    """Sets the optimizer's learning rate before every batch, annealing it to zero.
+    """Sets the optimizer's learning rate before every batch: a warm-up, then the anneal.
 
-    Progress `p` runs from 0 at the first step to 1 at `total_steps`; the rate is
-    `learning_rate * (1 + cos(pi * p)) / 2` (`"cosine"`) or `learning_rate * (1 - p)`
-    (`"linear"`). A function of the step alone, so a resumed run continues the same curve,
-    and the horizon can be fixed after a measured warm-up (budgeted training).
+    Over the first `warmup_steps` the rate rises linearly to `learning_rate` (step s gets
+    `(s + 1) / warmup_steps` of it). From there progress `p` runs from 0 to 1 at
+    `total_steps`; the rate is `learning_rate * (1 + cos(pi * p)) / 2` (`"cosine"`),
+    `learning_rate * (1 - p)` (`"linear"`) or `learning_rate` (`"constant"`). A function of
+    the step alone, so a resumed run continues the same curve; and the warm-up does not
+    depend on `total_steps`, so the horizon can still move while it runs (a time budget is
+    planned again then, see `fashion_keras.budget`).
     """
 
-    def __init__(self, learning_rate, total_steps, steps_per_epoch, shape="cosine"):
+    def __init__(self, learning_rate, total_steps, steps_per_epoch, shape="cosine", warmup_steps=0):
         super().__init__()
         self.learning_rate = learning_rate
         self.total_steps = total_steps
         self.steps_per_epoch = steps_per_epoch
         self.shape = shape
+        self.warmup_steps = warmup_steps
 
     def rate(self, step):
-        progress = min(step / self.total_steps, 1.0)
+        if step < self.warmup_steps:
+            return self.learning_rate * (step + 1) / self.warmup_steps
+        progress = min((step - self.warmup_steps) / (self.total_steps - self.warmup_steps), 1.0)
         if self.shape == "linear":
             return self.learning_rate * (1 - progress)
+        if self.shape == "constant":
+            return self.learning_rate
         return self.learning_rate * (1 + math.cos(math.pi * progress)) / 2
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -184,6 +192,23 @@ class AnnealLearningRate(keras.callbacks.Callback):
 
     def on_train_batch_begin(self, batch, logs=None):
         self.model.optimizer.learning_rate = self.rate(self.epoch * self.steps_per_epoch + batch)
+
+
+class StopAtStep(keras.callbacks.Callback):
+    """Stops training after step `total_steps` (counted from the first epoch's first), so
+    that a fractional `training.epochs` cuts the last epoch short; it still validates."""
+
+    def __init__(self, total_steps, steps_per_epoch):
+        super().__init__()
+        self.total_steps = total_steps
+        self.steps_per_epoch = steps_per_epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.epoch * self.steps_per_epoch + batch + 1 >= self.total_steps:
+            self.model.stop_training = True
 
 
 class RunState(keras.callbacks.Callback):

@@ -35,19 +35,28 @@ class DataConfig:
 
 @dataclasses.dataclass
 class TrainingConfig:
-    epochs: int | None = 20  # null when time_budget_s chooses the number
+    epochs: float | None = 20  # passes over the training images (a fraction cuts the last
+    # one short); null when time_budget_s chooses the number
     time_budget_s: float | None = None  # train for this many seconds to the test result
     # instead (from the call of train(); on the command line from process start): a short
     # warm-up measures the speed and fixes the epochs
     batch_size: int = 128  # per replica; the global batch is this times the replicas
     learning_rate: float = 1e-3
     lr_schedule: str = "constant"  # constant | cosine | linear (the last two anneal to 0)
+    warmup_epochs: int = 0  # the rate rises linearly from 0 over these first epochs; with a
+    # time budget, the epochs are planned again once they have run (their measured time)
+    lr_horizon_epochs: float | None = None  # the epochs lr_schedule anneals over, when not
+    # `epochs` (a time budget's deadline stopped the run before its schedule ended)
     early_stopping_patience: int | None = None  # stop after N epochs without a better
     # val_loss, and keep the best epoch's weights (from best.keras); None: run all epochs
     deterministic: bool = False  # TF op determinism: bit-identical reruns on CPU
     precision: str = "auto"  # auto | float32 | mixed_bfloat16 | mixed_float16
     steps_per_execution: int = 1  # batches per compiled call (fewer Python round trips)
     jit_compile: bool = False  # XLA; measured slower on CPU here (see bench/)
+
+    def __post_init__(self):
+        if isinstance(self.epochs, float) and self.epochs.is_integer():
+            self.epochs = int(self.epochs)  # 20, not 20.0, in a saved config.yaml
 
 
 @dataclasses.dataclass
@@ -175,6 +184,18 @@ def _check_ranges(config):
             t.time_budget_s is None or t.time_budget_s >= 10,
             "at least 10 (seconds to the test result, from the call of train() or, on the "
             "command line, from process start)",
+        ),
+        (
+            "training.warmup_epochs",
+            t.warmup_epochs,
+            0 <= t.warmup_epochs < (t.epochs or math.inf),
+            "at least 0 and less than training.epochs (set it to 0 for so short a run)",
+        ),
+        (
+            "training.lr_horizon_epochs",
+            t.lr_horizon_epochs,
+            t.lr_horizon_epochs is None or t.lr_horizon_epochs >= (t.epochs or 1),
+            "null, or at least training.epochs",
         ),
         ("training.batch_size", t.batch_size, t.batch_size >= 1, "at least 1"),
         ("training.learning_rate", t.learning_rate, t.learning_rate > 0, "greater than 0"),

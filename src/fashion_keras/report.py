@@ -9,6 +9,7 @@ from `fashion_keras.plots`.
 
 import html
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -66,7 +67,7 @@ def duration(seconds):
 def run_summary(metrics):
     """The few facts a reader of a run report wants first, as `(what, value)` rows."""
     m = metrics
-    last = m["epochs"]
+    last = math.ceil(m["epochs"])  # 3.3 epochs: the last, cut short, is epoch 4
     evaluated = m.get("evaluated_epoch", last)  # runs of 0.1 tested the last epoch's weights
     tested = "the last" if evaluated == last else "the lowest validation loss"
     rows = [
@@ -76,7 +77,8 @@ def run_summary(metrics):
         ("Lowest validation loss", f"{m['best_val_loss']:.4f} at epoch {m['best_epoch']}"),
         (
             "Training",
-            f"{duration(m['fit_time_s'])} ({last} epochs, {m['seconds_per_epoch']:.1f} s each, "
+            f"{duration(m['fit_time_s'])} ({m['epochs']:g} epochs, "
+            f"{m['seconds_per_epoch']:.1f} s each, "
             f"{m['train_images_per_s']:,.0f} images/s)",
         ),
         ("From start to test result", duration(m.get("process_wall_time_s"))),

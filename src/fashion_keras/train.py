@@ -111,9 +111,17 @@ def train(config, output=None, data_dir=None, verbose=None, clock=None):
         planned_now = setup.config.training.epochs is None  # else planned by an earlier process
         if planned_now:
             setup = plan_budget(setup, model, train_data, validation, len(test[0]), clock)
-        callbacks = make_callbacks(setup, steps, state)
-        if first_epoch < setup.config.training.epochs and not state.get("stop_training"):
-            fit(setup, model, train_data, validation, steps, first_epoch, callbacks, verbose)
+        if config.training.time_budget_s and warm_up_due(setup.run_dir, first_epoch):
+            setup, first_epoch, state = warm_up(
+                setup, model, train_data, validation, (first_epoch, state), clock, verbose
+            )
+        epochs = epochs_to_fit(setup.config.training.epochs, steps)
+        if first_epoch < epochs and not state.get("stop_training"):
+            guard = [deadline(setup, clock, steps)] if planned_now else []
+            callbacks = make_callbacks(setup, steps, state, before_commit=guard)
+            fit(setup, model, train_data, validation, first_epoch, epochs, callbacks, verbose)
+            if guard and guard[0].plan.stopped_at_s is not None:
+                setup = with_plan(setup, guard[0].plan)
         evaluated_epoch, (test_loss, test_accuracy) = evaluate(setup, model, test)
         return write_results(
             setup,
@@ -215,8 +223,14 @@ def run_config(config, run_dir):
     plan = rundir.read_json(run_dir / "plan.json")
     asked = cfg.dump_config(config)
     if plan and config.training.time_budget_s == plan["time_budget_s"]:
-        config = budget.with_epochs(config, plan["epochs"])
-    if saved.exists() and _resolved_text(saved) not in (asked, cfg.dump_config(config)):
+        config = budget.with_epochs(config, plan["epochs"], plan.get("lr_horizon_epochs"))
+    allowed = {asked, cfg.dump_config(config)}
+    if plan and config.training.epochs == plan["epochs"]:
+        # Killed between writing plan.json and config.yaml: it has the plan before.
+        for epochs in (plan.get("first_epochs"), plan.get("lr_horizon_epochs")):
+            if epochs:
+                allowed.add(cfg.dump_config(budget.with_epochs(config, epochs)))
+    if saved.exists() and _resolved_text(saved) not in allowed:
         raise RunError(
             f"{run_dir} holds an unfinished run with a different config or network; resume it "
             f"with its own: --config {saved} --output {run_dir}, or choose another --output"
@@ -312,18 +326,70 @@ def plan_budget(setup, model, train_data, validation, test_size, clock):
             scratch_dir=setup.run_dir / rundir.SCRATCH,
             elapsed_s=clock,
         )
+    return record_plan(setup, plan)
+
+
+def record_plan(setup, plan):
+    """Prints `plan`, writes it to `plan.json` and its epochs to `config.yaml` (in that
+    order: a resumed run takes its epochs from `plan.json`); returns the setup with them."""
     print(budget.describe(plan), flush=True)
     files.write_json(setup.run_dir / "plan.json", dataclasses.asdict(plan))
-    config = budget.with_epochs(setup.config, plan.epochs)
-    _write_config(setup.run_dir, config)
+    setup = with_plan(setup, plan)
+    _write_config(setup.run_dir, setup.config)
+    return setup
+
+
+def with_plan(setup, plan):
+    """`setup` with the epochs (and learning-rate horizon) of `plan`."""
+    config = budget.with_epochs(setup.config, plan.epochs, plan.lr_horizon_epochs)
     return dataclasses.replace(setup, config=config)
+
+
+def deadline(setup, clock, steps):
+    """The `budget.Deadline` of a run whose budget this process's `clock` counts."""
+    plan = budget.Plan(**rundir.read_json(setup.run_dir / "plan.json"))
+    return budget.Deadline(plan, clock, steps, lambda new: record_plan(setup, new))
+
+
+def warm_up_due(run_dir, first_epoch):
+    """Whether the budgeted run in `run_dir` has warm-up epochs to train before it re-plans."""
+    plan = rundir.read_json(run_dir / "plan.json") or {}
+    return plan.get("replanned_at_s") is None and first_epoch < plan.get("warmup_epochs", 0)
+
+
+def warm_up(setup, model, train_data, validation, start, clock, verbose):
+    """Trains a budgeted run's warm-up epochs and plans the rest from their measured time.
+
+    `start` is `(first_epoch, state)` as `build_and_restore` returned them: a run resumed
+    before its warm-up ended plans again at the warm-up's end on its own clock (the killed
+    process's time is not known). Returns `(setup, first_epoch, state)` for the fit that
+    follows: the setup with the re-planned epochs, and the epoch and backup entry the
+    warm-up committed last (the run continues from them as a resumed run would).
+    """
+    replanned = {}
+    plan = budget.Plan(**rundir.read_json(setup.run_dir / "plan.json"))
+    replan = budget.Replan(plan, clock, lambda new: replanned.update(setup=record_plan(setup, new)))
+    steps = math.ceil(len(train_data[0]) / setup.global_batch)
+    callbacks = make_callbacks(setup, steps, start[1], before_commit=[replan])
+    # Fit toward the first plan's end (so the log counts its epochs), stopping once the
+    # warm-up is committed: after `RunState`, which must not record the stop.
+    stop = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: setattr(
+            model, "stop_training", epoch + 1 >= plan.warmup_epochs
+        )
+    )
+    epochs = epochs_to_fit(plan.epochs, steps)
+    fit(setup, model, train_data, validation, start[0], epochs, [*callbacks, stop], verbose)
+    entries = rundir.read_backup(setup.run_dir / "backup")
+    return replanned.get("setup", setup), max(entries), entries[max(entries)]
 
 
 # --------------------------------------------------------------------------- callbacks
 
 
-def make_callbacks(setup, steps, state):
-    """The run's callbacks; those with resumable state take it back from the backup."""
+def make_callbacks(setup, steps, state, before_commit=()):
+    """The run's callbacks; those with resumable state take it back from the backup.
+    `before_commit`: callbacks to run after the others and before an epoch's commit."""
     run_dir, t = setup.run_dir, setup.config.training
     pieces = {"best_checkpoint": cb.BestCheckpoint(run_dir / "best.keras", run_dir / "backup")}
     if t.early_stopping_patience:
@@ -332,9 +398,16 @@ def make_callbacks(setup, steps, state):
         )
     for name, piece in pieces.items():
         piece.set_state(state.get("pieces", {}).get(name))
+    total, horizon = (round(e * steps) for e in (t.epochs, t.lr_horizon_epochs or t.epochs))
     schedule = []
-    if t.lr_schedule != "constant":
-        schedule = [cb.AnnealLearningRate(t.learning_rate, t.epochs * steps, steps, t.lr_schedule)]
+    if t.lr_schedule != "constant" or t.warmup_epochs:
+        schedule = [
+            cb.AnnealLearningRate(
+                t.learning_rate, horizon, steps, t.lr_schedule, t.warmup_epochs * steps
+            )
+        ]
+    if total % steps:  # a fraction of an epoch at the end
+        schedule.append(cb.StopAtStep(total, steps))
     return [
         keras.callbacks.TerminateOnNaN(),  # a diverged run stops; evaluate() says so
         *schedule,
@@ -342,6 +415,7 @@ def make_callbacks(setup, steps, state):
         cb.HistoryCSV(run_dir / "history.csv"),
         cb.TensorBoard(log_dir=str(run_dir / "logs")),
         *pieces.values(),
+        *before_commit,
         # Last: an epoch counts as done once everything above has run for it.
         cb.RunState(run_dir / "backup", pieces),
     ]
@@ -350,12 +424,15 @@ def make_callbacks(setup, steps, state):
 # --------------------------------------------------------------------------- fit
 
 
-def fit(setup, model, train_data, validation, steps, first_epoch, callbacks, verbose):
-    """`model.fit` from `first_epoch` to the configured epochs."""
-    t = setup.config.training
-    dataset = make_dataset(
-        *train_data, setup.global_batch, setup.config.seed, first_epoch, t.epochs
-    )
+def epochs_to_fit(epochs, steps):
+    """`training.epochs` as `fit` counts them: a last epoch cut short is one more."""
+    return math.ceil(round(epochs * steps) / steps)
+
+
+def fit(setup, model, train_data, validation, first_epoch, epochs, callbacks, verbose):
+    """`model.fit` from `first_epoch` up to `epochs`."""
+    steps = math.ceil(len(train_data[0]) / setup.global_batch)
+    dataset = make_dataset(*train_data, setup.global_batch, setup.config.seed, first_epoch, epochs)
     if isinstance(setup.strategy, tf.distribute.MultiWorkerMirroredStrategy):
         distribute.work_around_keras_20585(model)
     with setup.strategy.scope():
@@ -363,7 +440,7 @@ def fit(setup, model, train_data, validation, steps, first_epoch, callbacks, ver
             model.fit(
                 dataset,
                 initial_epoch=first_epoch,
-                epochs=t.epochs,
+                epochs=epochs,
                 steps_per_epoch=steps,
                 validation_data=validation,
                 validation_batch_size=setup.global_batch,  # Keras' default, 32, is slower
@@ -428,18 +505,21 @@ def write_results(setup, model, results, clock, planned_now):
     history = pd.DataFrame(rundir.read_history(run_dir / "history.csv"))
     best = history.loc[history["val_loss"].idxmin()]
     train_time = history["epoch_time"].sum()
+    steps = math.ceil(results["train_size"] / setup.global_batch)
+    stopped_early = len(history) < epochs_to_fit(t.epochs, steps)
+    epochs = len(history) if stopped_early else t.epochs  # a last one cut short: a fraction
     metrics = {
         **results,
         "wall_time_s": wall_time_s,
         **_budget_record(plan, planned_now, wall_time_s),
         "best_epoch": int(best["epoch"]),
         "best_val_loss": float(best["val_loss"]),
-        "epochs": len(history),  # fewer than configured if stopped early
-        "stopped_early": len(history) < t.epochs,
+        "epochs": epochs,
+        "stopped_early": stopped_early,
         "process_wall_time_s": seconds_since_process_start(),
         "fit_time_s": round(float(train_time), 2),
         "seconds_per_epoch": round(float(np.median(history["epoch_time"])), 2),
-        "train_images_per_s": round(results["train_size"] * len(history) / train_time, 1),
+        "train_images_per_s": round(results["train_size"] * epochs / train_time, 1),
         "global_batch_size": setup.global_batch,
         "precision": setup.policy,
         "device": distribute.describe_device(),
