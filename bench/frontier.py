@@ -291,7 +291,8 @@ def figure_for(result, seconds, seeds):
     }
     if "runs" in result:
         used = [p["budget_used"] for p in points]
-        figure.update(preset=result["runs"][0]["preset"], budget_used=[round(u, 3) for u in used])
+        preset = next(r["preset"] for r in result["runs"] if r["budget_s"] == seconds)
+        figure.update(preset=preset, budget_used=[round(u, 3) for u in used])
     return figure
 
 
@@ -314,7 +315,7 @@ def cell(figure):
     spread = figure["test_accuracy_std"]
     text = f"{figure['test_accuracy_mean']:.4f}" + (f" ± {spread:.4f}" if spread else "")
     epochs = sorted(set(figure["epochs"]))
-    text += f", {'-'.join(map(str, epochs[:: max(1, len(epochs) - 1)]))} ep"
+    text += f", {'-'.join(f'{e:.3g}' for e in epochs[:: max(1, len(epochs) - 1)])} ep"
     if "preset" in figure:
         used = figure["budget_used"]
         text += f", {figure['preset']}, {min(used):.0%}-{max(used):.0%} of budget"

@@ -6,13 +6,15 @@ For a preset's network (default: the tutorial's, `baseline`) and one batch, it t
   Adam's update and the metrics, in Keras' compiled training function);
 - each layer alone, forward and then forward with both backward products (the gradients of
   its input and of its weights), in a compiled function of its own, on the input it gets in
-  the network;
+  the network, less what calling such a function costs by itself;
 - the rest: the step less the sum of the layers (the loss, the optimizer, the metrics and
   the step's own overhead).
 
 Each timing is the median of repeats after untimed calls that trace. A convolution's or dense
 layer's GFLOP/s is put beside this machine's float32 or bfloat16 matmul peak (`peak.py`),
-whichever the preset computes in.
+whichever the preset computes in. Layers timed alone are not the step's exact parts (the
+compiled step fuses and overlaps work), so the rest is an estimate and can even come out
+below zero on a noisy machine.
 
     python bench/profile_step.py [--preset baseline] [--batch 128] [--json OUT]
 
@@ -55,8 +57,16 @@ def median_ms(function, *args):
     return 1000 * statistics.median(samples)
 
 
+def call_floor_ms(inputs):
+    """What calling a compiled function on `inputs` and fetching a scalar costs by itself;
+    `layer_timings` takes it off, as the whole step pays it once, not once a layer."""
+    nothing = tf.function(lambda x: tf.reduce_sum(x))
+    return median_ms(lambda: nothing(inputs).numpy())
+
+
 def layer_timings(layer, inputs):
-    """(forward ms, forward-and-backward ms) of `layer` on `inputs`, in training mode."""
+    """(forward ms, forward-and-backward ms) of `layer` on `inputs`, in training mode, less
+    `call_floor_ms`."""
     cotangent = tf.random.normal(layer(inputs, training=True).shape, dtype=layer.compute_dtype)
 
     @tf.function
@@ -73,7 +83,8 @@ def layer_timings(layer, inputs):
         return [tf.reduce_sum(tf.cast(g, "float32")) for g in grads if g is not None]
 
     run = lambda f: [t.numpy() for t in tf.nest.flatten(f(inputs))]  # noqa: E731
-    return median_ms(run, forward), median_ms(run, forward_backward)
+    floor = call_floor_ms(inputs)
+    return median_ms(run, forward) - floor, median_ms(run, forward_backward) - floor
 
 
 def flat_layers(model):
@@ -86,7 +97,7 @@ def flat_layers(model):
 
 
 def profile(preset, batch):
-    config = load_config(preset, [f"training.batch_size={batch}", "training.epochs=1"])
+    config = load_config(preset, [f"training.batch_size={batch}", "training.epochs=2"])
     precision = resolve_precision(config.training.precision)
     model = compile_model(config, policy=precision)
     rng = np.random.default_rng(0)
