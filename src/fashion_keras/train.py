@@ -104,7 +104,7 @@ def train(config, output=None, data_dir=None, verbose=None, clock=None):
         verbose = 1 if sys.stdout.isatty() else 2
     setup = set_up(config, output)
     train_data, validation, test = load_data(data_dir, **dataclasses.asdict(config.data))
-    steps = math.ceil(len(train_data[0]) / setup.global_batch)
+    steps = epoch_steps(setup, len(train_data[0]))
     with rundir.claim(setup.run_dir):  # every check above has passed: now we may write
         setup = dataclasses.replace(setup, config=open_run_dir(setup.config, setup.run_dir))
         model, first_epoch, state = build_and_restore(setup)
@@ -347,8 +347,13 @@ def with_plan(setup, plan):
 
 def deadline(setup, clock, steps):
     """The `budget.Deadline` of a run whose budget this process's `clock` counts."""
-    plan = budget.Plan(**rundir.read_json(setup.run_dir / "plan.json"))
+    plan = read_plan(setup.run_dir)
     return budget.Deadline(plan, clock, steps, lambda new: record_plan(setup, new))
+
+
+def read_plan(run_dir):
+    """The budget's `Plan` as `plan.json` in `run_dir` has it."""
+    return budget.Plan(**rundir.read_json(run_dir / "plan.json"))
 
 
 def warm_up_due(run_dir, first_epoch):
@@ -367,9 +372,9 @@ def warm_up(setup, model, train_data, validation, start, clock, verbose):
     warm-up committed last (the run continues from them as a resumed run would).
     """
     replanned = {}
-    plan = budget.Plan(**rundir.read_json(setup.run_dir / "plan.json"))
+    plan = read_plan(setup.run_dir)
     replan = budget.Replan(plan, clock, lambda new: replanned.update(setup=record_plan(setup, new)))
-    steps = math.ceil(len(train_data[0]) / setup.global_batch)
+    steps = epoch_steps(setup, len(train_data[0]))
     callbacks = make_callbacks(setup, steps, start[1], before_commit=[replan])
     # Fit toward the first plan's end (so the log counts its epochs), stopping once the
     # warm-up is committed: after `RunState`, which must not record the stop.
@@ -424,6 +429,11 @@ def make_callbacks(setup, steps, state, before_commit=()):
 # --------------------------------------------------------------------------- fit
 
 
+def epoch_steps(setup, train_size):
+    """Batches in an epoch of `train_size` images at the run's global batch."""
+    return math.ceil(train_size / setup.global_batch)
+
+
 def epochs_to_fit(epochs, steps):
     """`training.epochs` as `fit` counts them: a last epoch cut short is one more."""
     return math.ceil(round(epochs * steps) / steps)
@@ -431,7 +441,7 @@ def epochs_to_fit(epochs, steps):
 
 def fit(setup, model, train_data, validation, first_epoch, epochs, callbacks, verbose):
     """`model.fit` from `first_epoch` up to `epochs`."""
-    steps = math.ceil(len(train_data[0]) / setup.global_batch)
+    steps = epoch_steps(setup, len(train_data[0]))
     dataset = make_dataset(*train_data, setup.global_batch, setup.config.seed, first_epoch, epochs)
     if isinstance(setup.strategy, tf.distribute.MultiWorkerMirroredStrategy):
         distribute.work_around_keras_20585(model)
@@ -505,7 +515,7 @@ def write_results(setup, model, results, clock, planned_now):
     history = pd.DataFrame(rundir.read_history(run_dir / "history.csv"))
     best = history.loc[history["val_loss"].idxmin()]
     train_time = history["epoch_time"].sum()
-    steps = math.ceil(results["train_size"] / setup.global_batch)
+    steps = epoch_steps(setup, results["train_size"])
     stopped_early = len(history) < epochs_to_fit(t.epochs, steps)
     epochs = len(history) if stopped_early else t.epochs  # a last one cut short: a fraction
     metrics = {
