@@ -42,10 +42,11 @@ def test_the_wheel_trains_and_reports_outside_the_checkout(tmp_path):
     assert where.startswith(str(site)), where
     assert _run(cli, "--version", cwd=work).split() == ["fashion-keras", wheel.name.split("-")[1]]
     assert "fast" in _run(cli, "presets", cwd=work)
-    env_sets = ["training.epochs=1", "data.train_limit=1000", "data.eval_limit=500"]
+    # Two epochs: the preset's warm-up epoch, then one at its full rate.
+    env_sets = ["training.epochs=2", "data.train_limit=1000", "data.eval_limit=500"]
     _run(cli, "train", "--config", "fast", *[a for s in env_sets for a in ("--set", s)],
          "--output", "run", cwd=work)  # fmt: skip
-    assert json.loads((work / "run" / "metrics.json").read_text())["epochs"] == 1
+    assert json.loads((work / "run" / "metrics.json").read_text())["epochs"] == 2
     page = _run(cli, "report", "run", cwd=work).strip()
     assert os.path.samefile(work / page, work / "run" / "report" / "index.html")
     assert "Test accuracy" in (work / "run" / "report" / "index.html").read_text()
