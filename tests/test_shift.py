@@ -173,10 +173,10 @@ def test_shift_series_scores_the_shifted_images(x, model):
         p = deterministic_predict(model, expected).probabilities
         assert row["accuracy"] == (p.argmax(1) == y).mean()
         # One call of 64 images against four of 16: JAX's kernels may round a batch's logits
-        # differently by its size (seen at the 9th digit of an NLL of 10.8).
+        # differently by its size (seen at the 9th digit of an NLL of 10.8 and an ECE of 0.72).
         assert row["negative_log_likelihood"] == pytest.approx(negative_log_likelihood(p, y))
         ece = expected_calibration_error(p, y, bins=5)
-        assert row["expected_calibration_error"] == pytest.approx(ece, abs=1e-9)
+        assert row["expected_calibration_error"] == pytest.approx(ece)
     unshifted = frame.iloc[[0, 2]].drop(columns=["shift", "intensity"]).to_numpy()
     np.testing.assert_array_equal(unshifted[0], unshifted[1])  # both intensities are "none"
     assert frame.loc[1, "negative_log_likelihood"] != frame.loc[0, "negative_log_likelihood"]
