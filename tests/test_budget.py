@@ -90,6 +90,7 @@ def test_the_saved_config_repeats_a_re_planned_horizon(tmp_path, monkeypatch):
     sets = ["training.time_budget_s=600", "training.warmup_epochs=1", *SETS[2:]]
     budgeted = train(load_config("fast", sets), output=tmp_path / "budgeted", verbose=0)
     assert budgeted.metrics["plan"]["first_epochs"] == 3 and budgeted.metrics["epochs"] == 5
+    assert budgeted.metrics["resumed_from_epoch"] == 0  # the warm-up is its own, not a resume
     train(load_config(tmp_path / "budgeted" / "config.yaml"), output=tmp_path / "again", verbose=0)
     history, metrics = _outcome(tmp_path / "again")
     pd.testing.assert_frame_equal(history, _outcome(tmp_path / "budgeted")[0], check_exact=True)

@@ -240,6 +240,7 @@ def test_the_moments_are_the_durable_changes(reference):
 
 # make test's sample: the moments each planted bug of the note in docs/reliability.md needs.
 SAMPLE = [
+    r"renamed run/history\.csv",  # in the warm-up, before the re-plan: starts from epoch 0
     (r"renamed run/plan\.json", 2),  # re-planned, config.yaml not yet: starts again
     r"renamed backup/state\.json",  # epoch 1 committed
     r"written backup/epoch-0004\.weights\.h5",  # waiting (patience) after the best epoch

@@ -239,6 +239,10 @@ def test_a_stopped_comparison_continues_and_a_rerun_trains_nothing(quick):
     assert re.search(r"Resuming after epoch 2 from .*dropout-seed1", quick.again.stdout)
     assert quick.again.stdout.count("...") == 3  # the three runs left, no more
     assert "4 of 4 runs done" in quick.done.stdout and "..." not in quick.done.stdout
+    # The minutes of scoring and shifting say where they are, method by method.
+    assert "scoring [1/9] plain softmax, seed 1" in quick.done.stdout
+    assert "scoring [9/9] deep ensemble of 2" in quick.done.stdout
+    assert "shifting [5/5] deep ensemble of 2" in quick.done.stdout
     # Nothing in any run directory was written again by the rerun.
     assert {path: path.stat().st_mtime_ns for path in quick.output.glob("*/*")} == quick.stamps
 
@@ -249,6 +253,7 @@ def test_the_table_has_every_method_and_every_column(quick):
     assert [row["method"] for row in summary["summary"]] == list(methods.METHODS)
     runs = pd.DataFrame(summary["runs"])
     assert len(runs) == 4 * 2 + 2  # four single-model methods over two seeds, two ensembles
+    assert [row["seed"] for row in summary["runs"]] == [1] * 4 + [2] * 4 + [None] * 2
     sets = ("digits", "inverted", "rotated", "noise")
     columns = [*methods.SCORES, "temperature", "models", "passes"]
     columns += [f"{name}_auroc_{by}" for name in sets for by in ("entropy", "mi")]
@@ -276,6 +281,8 @@ def test_the_table_has_every_method_and_every_column(quick):
     headings = re.findall(r"<h2>(.*?)</h2>", page)
     assert headings[:2] == ["Conclusions", "The methods on the test set"]
     assert "Under growing shift" in headings and "External anchors" in page
+    every_run = page.split("<h2>Every run</h2>")[1]
+    assert every_run.count("<th>–</th>") == 2 and "nan" not in every_run
     for name in ("shift.png", "methods.csv"):
         assert (quick.output / name).stat().st_size > 0
     assert (quick.docs / "shift.png").read_bytes() == (quick.output / "shift.png").read_bytes()

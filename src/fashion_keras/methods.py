@@ -298,22 +298,32 @@ def collect(output, grid=DEFAULT, data_dir=None):
 
     models, fit_times, validation, (x_test, y_test) = load_runs(output, grid, data_dir)
     ood = ood_sets(x_test, rng_seed=0, limit=grid.ood_limit)
+    methods = [
+        m for seed in grid.seeds for m in seed_methods(models, seed, validation, grid.mc_samples)
+    ]
+    methods.append(ensemble_method(models, grid))
     rows, mc = [], []
-    for seed in grid.seeds:
-        for method in seed_methods(models, seed, validation, grid.mc_samples):
-            predictions, seconds = predict_all(method, x_test, ood)
-            rows.append(_row(method, predictions, seconds, fit_times, y_test))
-            if method.name == "mc_dropout":
-                mc.append((method, predictions, seconds))
-    ensemble = ensemble_method(models, grid)
-    predictions, seconds = predict_all(ensemble, x_test, ood)
-    rows.append(_row(ensemble, predictions, seconds, fit_times, y_test))
+    for i, method in enumerate(methods):
+        _say(f"scoring [{i + 1}/{len(methods)}] {METHODS[method.name]}{_of(method)}")
+        predictions, seconds = predict_all(method, x_test, ood)
+        rows.append(_row(method, predictions, seconds, fit_times, y_test))
+        if method.name == "mc_dropout":
+            mc.append((method, predictions, seconds))
     if len(mc) > 1:
         pooled = {key: pool([p[key] for _, p, _ in mc]) for key in mc[0][1]}
         names = tuple(name for method, _, _ in mc for name in method.runs)
         method = Method("mc_ensemble", names, predict=None)
         rows.append(_row(method, pooled, sum(s for _, _, s in mc), fit_times, y_test))
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).astype({"seed": "Int64"})  # an ensemble has none (<NA>)
+
+
+def _of(method):
+    return f", seed {method.seed}" if method.seed is not None else f" of {len(method.runs)}"
+
+
+def _say(text):
+    """A progress line: scoring and the shift series take minutes (17 on the AMD EPYC)."""
+    print(f"    {text}", flush=True)
 
 
 def shift_frames(output, grid=DEFAULT, data_dir=None):
@@ -324,8 +334,15 @@ def shift_frames(output, grid=DEFAULT, data_dir=None):
 
     models, _, validation, (x_test, y_test) = load_runs(output, grid, data_dir)
     x, y = shift_subset(x_test, y_test, grid.shift_images)
-    chosen = seed_methods(models, grid.seeds[0], validation, grid.shift_mc_samples)
-    return {m.name: shift_series(m.predict, x, y) for m in [*chosen, ensemble_method(models, grid)]}
+    chosen = [
+        *seed_methods(models, grid.seeds[0], validation, grid.shift_mc_samples),
+        ensemble_method(models, grid),
+    ]
+    frames = {}
+    for i, method in enumerate(chosen):
+        _say(f"shifting [{i + 1}/{len(chosen)}] {METHODS[method.name]}{_of(method)}")
+        frames[method.name] = shift_series(method.predict, x, y)
+    return frames
 
 
 # --------------------------------------------------------------------------- in numbers
@@ -633,5 +650,13 @@ def _sections(table, summary, words, grid):
             f"dropout with {grid.shift_mc_samples} passes per point, and the deep ensemble."
             "</p>" + image("shift.png", "accuracy, ECE and NLL against shift intensity"),
         ),
-        ("Every run", table_html(table.set_index(["method", "seed"]))),
+        ("Every run", table_html(_every_run(table))),
     ]
+
+
+def _every_run(table):
+    """The per-run table as the page shows it: methods by name, "–" for an ensemble's seed."""
+    seeds = table["seed"].astype(object).where(table["seed"].notna(), "–")
+    return table.assign(method=table["method"].map(METHODS), seed=seeds).set_index(
+        ["method", "seed"]
+    )

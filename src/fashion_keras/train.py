@@ -108,6 +108,7 @@ def train(config, output=None, data_dir=None, verbose=None, clock=None):
     with rundir.claim(setup.run_dir):  # every check above has passed: now we may write
         setup = dataclasses.replace(setup, config=open_run_dir(setup.config, setup.run_dir))
         model, first_epoch, state = build_and_restore(setup)
+        resumed_from = first_epoch  # the warm-up below moves first_epoch on
         planned_now = setup.config.training.epochs is None  # else planned by an earlier process
         if planned_now:
             setup = plan_budget(setup, model, train_data, validation, len(test[0]), clock)
@@ -130,7 +131,7 @@ def train(config, output=None, data_dir=None, verbose=None, clock=None):
                 "test_loss": float(test_loss),
                 "test_accuracy": float(test_accuracy),
                 "evaluated_epoch": evaluated_epoch,
-                "resumed_from_epoch": first_epoch,
+                "resumed_from_epoch": resumed_from,
                 "train_size": len(train_data[0]),
                 "val_size": len(validation[0]),
                 "test_size": len(test[0]),
