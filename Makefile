@@ -95,7 +95,7 @@ browser: ## install headless Chromium for the page tests (Debian, as root)
 	  apt-get update -q && apt-get install -y -q chromium; } || echo "chromium unavailable: page tests will skip"
 
 test: data browser ## the test suite, as CI runs it first (real data; trains small models)
-	$(BIN)/pytest -q -m "not crash and not backends and not long"
+	$(BIN)/pytest -q --durations=15 -m "not crash and not backends and not long"
 
 test-fast: data ## the unit tier for the edit loop: no training subprocess, about a minute
 	$(BIN)/pytest -q -m "not slow and not backends and not long"
