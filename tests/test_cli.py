@@ -217,6 +217,7 @@ def test_unexpected_failures_are_not_called_user_mistakes(monkeypatch, capsys):
         cli.main(["data"])
 
 
+@pytest.mark.long  # for its time: make test-long runs it, make test does not
 @pytest.mark.slow
 def test_a_leftover_tf_config_matters_only_for_multi_worker(tmp_path):
     # Worker 1 of a two-worker cluster: a chief-less job's non-chief.
@@ -240,6 +241,7 @@ def test_a_leftover_tf_config_matters_only_for_multi_worker(tmp_path):
     assert (tmp_path / "named" / "metrics.json").is_file()
 
 
+@pytest.mark.long  # for its time: make test-long runs it, make test does not
 @pytest.mark.slow
 def test_data_dir_is_a_plain_path_and_not_part_of_the_run(tmp_path):
     from fashion_keras import data

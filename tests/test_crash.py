@@ -54,6 +54,7 @@ METRICS = (
     "test_loss",
     "test_accuracy",
     "evaluated_epoch",
+    "temperature",
     "best_epoch",
     "best_val_loss",
     "epochs",
@@ -253,6 +254,7 @@ def test_killed_at_sampled_moments_resumes_bit_identical(reference, tmp_path):
     sweep(reference, tmp_path, sample(reference[1], SAMPLE))
 
 
+@pytest.mark.long  # for its time: make test-long runs it, make test does not
 def test_full_disk_at_sampled_writes_keeps_state_and_resumes(reference, tmp_path):
     sweep(reference, tmp_path, sample(reference[1], FULL_SAMPLE), how="full")
 

@@ -220,6 +220,7 @@ def test_unreadable_named_directory(small_dataset, monkeypatch):
         data.find_data_dir(small_dataset)
 
 
+@pytest.mark.long  # for its time: make test-long runs it, make test does not
 @pytest.mark.parametrize(
     "damage, message",
     [

@@ -107,6 +107,7 @@ def _wait(processes, timeout):
                 p.communicate()
 
 
+@pytest.mark.long  # for its time: make test-long runs it, make test does not
 def test_two_workers_train_as_one_job(tmp_path):
     run_dir = tmp_path / "run"
     processes = _start_workers(run_dir, _free_ports(2), epochs=1)

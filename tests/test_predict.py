@@ -1,6 +1,7 @@
 import io
 import json
 import os
+import shutil
 import signal
 
 import keras
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from fashion_keras import CLASS_NAMES, build_cnn, build_model
+from fashion_keras.errors import UserError
 from fashion_keras.predict import InputError, predict_files, read_inputs
 
 from conftest import run_cli
@@ -229,6 +231,17 @@ def test_temperature_divides_the_logits(tiny_paths, images):
         assert result["entropy"] < before["entropy"]  # T < 1 sharpens
 
 
+def test_temperature_run_reads_the_runs_fitted_temperature(tiny_paths, images, tmp_path):
+    model = tmp_path / "model.keras"
+    shutil.copy(tiny_paths[0], model)
+    with pytest.raises(UserError, match=r"holds no fitted temperature.*--temperature T"):
+        predict_files(model, [images], temperature="run")
+    (tmp_path / "metrics.json").write_text(json.dumps({"temperature": 0.25}))
+    scaled = predict_files(model, [images], top=10, temperature="run")
+    assert scaled == predict_files(model, [images], top=10, temperature=0.25)
+    assert scaled != predict_files(model, [images], top=10)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -299,7 +312,9 @@ def test_predict_cli_refuses_a_temperature_with_monte_carlo_dropout(
     with pytest.raises(SystemExit) as e:
         main("predict", "--model", tiny_paths[0], "--temperature", "0", images)
     assert e.value.code == 2
-    assert "argument --temperature: expected a number > 0, got '0'" in capsys.readouterr().err
+    assert (
+        "argument --temperature: expected a number > 0 or 'run', got '0'" in capsys.readouterr().err
+    )
 
 
 def test_predict_help_explains_ensembles_and_temperature(main, capsys):
@@ -308,4 +323,4 @@ def test_predict_help_explains_ensembles_and_temperature(main, capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert e.value.code == 0
     assert "repeat it for an ensemble" in text and "--temperature T" in text
-    assert "fit_temperature" in text
+    assert "--temperature run takes the T that training fitted on the validation" in text

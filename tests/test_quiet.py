@@ -154,6 +154,7 @@ def _train(output, verbose):
     return run_cli(*args, env={"FASHION_KERAS_VERBOSE": verbose})
 
 
+@pytest.mark.long  # for its time: make test-long runs it, make test does not
 @pytest.mark.slow
 def test_the_command_hides_tensorflow_start_up_notices_unless_verbose(tmp_path):
     quiet_run = _train(tmp_path / "quiet", "0")

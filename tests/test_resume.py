@@ -133,6 +133,8 @@ def _start_and_wait_for_backup(run_dir, epochs_done, extra_wait):
         stderr=subprocess.PIPE,
         text=True,
         cwd=ROOT,
+        # A shell starts background jobs with Ctrl-C ignored, and Python keeps that: undo it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and process.poll() is None:

@@ -10,9 +10,11 @@ import yaml
 from fashion_keras import build_cnn
 from fashion_keras import train as train_module
 from fashion_keras.config import load_config
-from fashion_keras.data import make_dataset
+from fashion_keras.data import load_data, make_dataset
+from fashion_keras.models import load_model
 from fashion_keras.rundir import RunError, evaluate_run
 from fashion_keras.train import compile_model, open_run_dir, train
+from fashion_keras.uncertainty import fit_temperature
 
 from conftest import SMOKE
 
@@ -51,6 +53,10 @@ def test_early_stopping_stops_and_keeps_the_best_epoch(tmp_path):
     assert metrics["evaluated_epoch"] == metrics["best_epoch"]
     best = evaluate_run(result.run_dir, checkpoint="best.keras")
     assert best["test_loss"] == pytest.approx(metrics["test_loss"], rel=1e-5)
+    # The stored temperature is the evaluated model's, fitted on the validation split.
+    _, (x_val, y_val), _ = load_data(train_limit=100, eval_limit=100)
+    logits = load_model(result.run_dir / "model.keras").predict(x_val, verbose=0)
+    assert metrics["temperature"] == pytest.approx(fit_temperature(logits, y_val), rel=1e-4)
 
 
 @pytest.mark.slow

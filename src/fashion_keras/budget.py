@@ -29,7 +29,7 @@ import keras
 import numpy as np
 
 from fashion_keras import files
-from fashion_keras.callbacks import AnnealLearningRate
+from fashion_keras.callbacks import WSD_COOLDOWN, AnnealLearningRate, StopAtStep, wsd_anneal_start
 from fashion_keras.data import make_dataset
 from fashion_keras.rundir import RunError
 
@@ -37,6 +37,12 @@ WARMUP_STEPS = 40  # timed training batches (the first few, which trace, are not
 TRACE_CALLS = 3  # the first calls of the training function trace it: not timed
 SAFETY = 0.97  # plan for this share of the time left: epochs vary by a few percent here
 EXIT_S = 1.0  # after the test result: metrics, printing and the process's exit
+# The test and final writes have taken up to 1.8 times their measure on a noisy 2-core
+# machine (docs/results.md, 2026-12-02): the reserve for them is half as large again.
+FINAL_MARGIN = 1.5
+# A budget too small on the first measure is measured once more before it is refused: a
+# burst of that noise has doubled a 40-batch measure there (60-second runs, 2026-12-02).
+MEASURES = 2
 
 
 @dataclasses.dataclass
@@ -50,10 +56,12 @@ class Plan:
     planned_at_s: float  # seconds on the run's clock when the plan was made
     expected_end_s: float  # when the test result is expected, on the run's clock
     train_images_per_s: float
-    final_s: float = 0.0  # the test evaluation, the final writes and the exit
+    final_s: float = 0.0  # the test evaluation, the temperature, the final writes, the exit
     warmup_epochs: int = 0  # planned again after these (see `replan`)
     first_epochs: float | None = None  # the epochs planned before the warm-up, once re-planned
-    replanned_at_s: float | None = None  # seconds on the run's clock when re-planned
+    previous_epochs: float | None = None  # the epochs planned before the latest re-plan
+    replanned_at_s: float | None = None  # seconds on the run's clock when last re-planned
+    replanned_after_epochs: int | None = None  # the epochs trained by then
     lr_horizon_epochs: float | None = None  # the planned epochs, when the deadline cut them
     stopped_at_s: float | None = None  # seconds on the run's clock when the deadline stopped it
 
@@ -90,20 +98,21 @@ def plan_epochs(
     Raises:
         RunError: not even one epoch fits the budget; the message says what would.
     """
-    snapshot = _snapshot(model)
-    seconds_per_step = _time_steps(model, *train_data, global_batch, config)
-    validation_s = _time_validation(model, *validation, global_batch)
-    writes_s = _time_writes(model, scratch_dir)
-    _restore(snapshot)
-
-    budget_s = config.training.time_budget_s
+    budget_s, warmup = config.training.time_budget_s, config.training.warmup_epochs
     steps = math.ceil(len(train_data[0]) / global_batch)
-    train_s, fixed_s = steps * seconds_per_step, validation_s + writes_s
-    final_s = validation_s * test_size / len(validation[0]) + writes_s + EXIT_S
-    now = elapsed_s()
-    epochs = epochs_within(budget_s - now - final_s, train_s, fixed_s)
-    warmup = config.training.warmup_epochs
-    if epochs < warmup + 1:
+    for _ in range(MEASURES):
+        seconds_per_step, validation_s, writes_s = _measure(
+            model, config, train_data, validation, global_batch, scratch_dir
+        )
+        train_s, fixed_s = steps * seconds_per_step, validation_s + writes_s
+        # The test evaluation, the validation logits the temperature is fitted on, the writes.
+        final_s = FINAL_MARGIN * (validation_s * (1 + test_size / len(validation[0])) + writes_s)
+        final_s += EXIT_S
+        now = elapsed_s()
+        epochs = epochs_within(budget_s - now - final_s, train_s, fixed_s)
+        if epochs >= warmup + 1:
+            break
+    else:
         needed = now + final_s + (warmup + 1) * (train_s + fixed_s) / SAFETY
         what = f"the {warmup} warm-up epoch(s) and one more" if warmup else "one epoch"
         raise RunError(
@@ -127,50 +136,89 @@ def plan_epochs(
     )
 
 
-def replan(plan, now_s, warmup_epoch_s):
-    """`plan` made again at the end of its warm-up, `now_s` seconds into the run.
+def replan(plan, now_s, epoch_s, epochs_done, at_least=None, at_most=math.inf):
+    """`plan` made again after `epochs_done` epochs, `now_s` seconds into the run.
 
-    `warmup_epoch_s` is what a warm-up epoch took (training and validation); with the
-    epoch's writes, that is the pace of the epochs to come. The plan keeps at least one
-    epoch after the warm-up, which the annealed rate needs.
+    `epoch_s` is what an epoch took lately (training and validation); with the epoch's
+    writes, that is the pace of the epochs to come. The plan stays within `at_least`
+    epochs (default: one more, which the annealed rate needs after a warm-up) and `at_most`.
     """
-    train_s, fixed_s = warmup_epoch_s - plan.validation_s, plan.validation_s + plan.writes_s
+    train_s, fixed_s = epoch_s - plan.validation_s, plan.validation_s + plan.writes_s
     left_s = plan.time_budget_s - now_s - plan.writes_s - plan.final_s  # this epoch's commit
-    more = max(1, epochs_within(left_s, train_s, fixed_s))
+    epochs = epochs_done + epochs_within(left_s, train_s, fixed_s)
+    at_least = epochs_done + 1 if at_least is None else at_least
+    epochs = round(min(max(epochs, at_least), at_most), 2)
     return dataclasses.replace(
         plan,
-        epochs=round(plan.warmup_epochs + more, 2),
+        epochs=epochs,
         seconds_per_epoch=round(train_s + fixed_s, 2),
         expected_end_s=round(
-            now_s + plan.writes_s + seconds_for(more, train_s, fixed_s) + plan.final_s, 1
+            now_s
+            + plan.writes_s
+            + seconds_for(epochs - epochs_done, train_s, fixed_s)
+            + plan.final_s,
+            1,
         ),
-        first_epochs=plan.epochs,
+        first_epochs=plan.first_epochs or plan.epochs,
+        previous_epochs=plan.epochs,
         replanned_at_s=round(now_s, 2),
+        replanned_after_epochs=epochs_done,
     )
 
 
 class Replan(keras.callbacks.Callback):
-    """Calls `record(replan(...))` at the end of the warm-up, before the epoch's commit.
+    """Plans the budget again while the learning rate's horizon can still move, and calls
+    `record` with each new plan before the epoch's commit: at the end of the warm-up, and
+    with `training.lr_schedule="wsd"` after every epoch of the stable rate too.
 
     Put it before `fashion_keras.callbacks.RunState` and after `EpochTimer`, whose
-    `epoch_time` it reads. A run killed between the record and the commit starts again
-    from scratch with the new plan, and its warm-up is the same whatever the horizon.
+    `epoch_time` it reads; `follow()` the run's callbacks so that the schedule and the stop
+    move with the plan. A run killed between the record and the commit starts that epoch
+    again with the new plan: its rates so far are the same whatever the horizon.
 
     Args:
-        plan: the `Plan` made before training.
+        plan: the `Plan` in force.
         elapsed_s: the run's clock.
-        record: called with the new `Plan`.
+        record: called with each new `Plan`.
+        steps_per_epoch: batches in an epoch.
+        wsd: re-plan after every epoch of the stable rate (`lr_schedule="wsd"`).
+        most_epochs: the most epochs a re-plan may choose (the `epochs` given to `fit`).
     """
 
-    def __init__(self, plan, elapsed_s, record):
+    def __init__(self, plan, elapsed_s, record, steps_per_epoch, wsd=False, most_epochs=None):
         super().__init__()
         self.plan, self.elapsed_s, self.record = plan, elapsed_s, record
-        self.epoch_times = []
+        self.steps_per_epoch, self.wsd = steps_per_epoch, wsd
+        self.most_epochs = most_epochs or math.inf
+        self.epoch_times, self.followers = [], []
+
+    def follow(self, callbacks):
+        """Moves the `total_steps` of these callbacks (the schedule, the stop) with the plan."""
+        self.followers = [c for c in callbacks if isinstance(c, (AnnealLearningRate, StopAtStep))]
 
     def on_epoch_end(self, epoch, logs=None):
         self.epoch_times.append(logs["epoch_time"])
-        if epoch + 1 == self.plan.warmup_epochs:
-            self.record(replan(self.plan, self.elapsed_s(), float(np.mean(self.epoch_times))))
+        done, warmup = epoch + 1, self.plan.warmup_epochs
+        if self.model.stop_training or done < warmup:
+            return
+        if done == warmup:  # the warm-up's epochs, as they ran
+            new = replan(self.plan, self.elapsed_s(), float(np.mean(self.epoch_times)), done)
+        elif self.wsd and done * self.steps_per_epoch < self._anneal_start(self.plan):
+            # The new horizon's anneal must not have begun yet either.
+            at_least = math.ceil(100 * (warmup + (done - warmup) / (1 - WSD_COOLDOWN)) + 1) / 100
+            pace = float(np.mean(self.epoch_times[-3:]))  # the machine's speed of late
+            new = replan(self.plan, self.elapsed_s(), pace, done, at_least, self.most_epochs)
+        else:
+            return
+        if new.epochs != self.plan.epochs or self.plan.replanned_at_s is None:
+            for follower in self.followers:
+                follower.total_steps = round(new.epochs * self.steps_per_epoch)
+            self.record(new)
+        self.plan = new
+
+    def _anneal_start(self, plan):
+        warmup_steps = plan.warmup_epochs * self.steps_per_epoch
+        return wsd_anneal_start(round(plan.epochs * self.steps_per_epoch), warmup_steps)
 
 
 class Deadline(keras.callbacks.Callback):
@@ -248,10 +296,14 @@ def describe(plan):
             "and the rest must fit the budget"
         )
     if plan.replanned_at_s is not None:
+        after = plan.replanned_after_epochs or plan.warmup_epochs
+        what = f"epoch {after}"
+        if after == plan.warmup_epochs:
+            what = f"the {after} warm-up epoch(s)"
         return (
-            f"Re-planned after the {plan.warmup_epochs} warm-up epoch(s), at "
-            f"{plan.replanned_at_s:.1f} s: {plan.seconds_per_epoch:.1f} s per epoch measured "
-            f"-> {decided} (planned before: {plan.first_epochs:g})"
+            f"Re-planned after {what}, at {plan.replanned_at_s:.1f} s: "
+            f"{plan.seconds_per_epoch:.1f} s per epoch measured -> {decided} "
+            f"(planned before: {plan.previous_epochs or plan.first_epochs:g})"
         )
     again = f", planned again after {plan.warmup_epochs} warm-up" if plan.warmup_epochs else ""
     return (
@@ -259,6 +311,17 @@ def describe(plan):
         f"measure; {plan.seconds_per_epoch:.1f} s per epoch ({plan.train_images_per_s:,.0f} "
         f"images/s) -> {decided}{again}"
     )
+
+
+def _measure(model, config, train_data, validation, global_batch, scratch_dir):
+    """Seconds per training step, per validation and per epoch's writes; the model is put
+    back as it was."""
+    snapshot = _snapshot(model)
+    seconds_per_step = _time_steps(model, *train_data, global_batch, config)
+    validation_s = _time_validation(model, *validation, global_batch)
+    writes_s = _time_writes(model, scratch_dir)
+    _restore(snapshot)
+    return seconds_per_step, validation_s, writes_s
 
 
 def _snapshot(model):

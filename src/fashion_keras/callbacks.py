@@ -157,16 +157,29 @@ class EarlyStopping(keras.callbacks.EarlyStopping):
             self.best = self.resumed["best"]
 
 
+WSD_COOLDOWN = 0.2  # the share of the steps after the warm-up over which "wsd" anneals
+
+
+def wsd_anneal_start(total_steps, warmup_steps):
+    """The first step whose rate under `"wsd"` depends on `total_steps`."""
+    return warmup_steps + math.floor((1 - WSD_COOLDOWN) * (total_steps - warmup_steps))
+
+
 class AnnealLearningRate(keras.callbacks.Callback):
     """Sets the optimizer's learning rate before every batch: a warm-up, then the anneal.
 
     Over the first `warmup_steps` the rate rises linearly to `learning_rate` (step s gets
     `(s + 1) / warmup_steps` of it). From there progress `p` runs from 0 to 1 at
     `total_steps`; the rate is `learning_rate * (1 + cos(pi * p)) / 2` (`"cosine"`),
-    `learning_rate * (1 - p)` (`"linear"`) or `learning_rate` (`"constant"`). A function of
-    the step alone, so a resumed run continues the same curve; and the warm-up does not
-    depend on `total_steps`, so the horizon can still move while it runs (a time budget is
-    planned again then, see `fashion_keras.budget`).
+    `learning_rate * (1 - p)` (`"linear"`) or `learning_rate` (`"constant"`). `"wsd"`
+    (warm-up, stable, decay) holds `learning_rate` until the last `WSD_COOLDOWN` of the
+    progress and anneals linearly to zero over it (Hägele et al., "Scaling Laws and
+    Compute-Optimal Training Beyond Fixed Training Durations", 2024: as good as cosine).
+
+    A function of the step alone, so a resumed run continues the same curve. The warm-up,
+    and `"wsd"`'s stable rate (before `wsd_anneal_start`), do not depend on `total_steps`:
+    a time budget plans the horizon again after the warm-up, and with `"wsd"` after every
+    epoch of the stable rate (see `fashion_keras.budget`).
     """
 
     def __init__(self, learning_rate, total_steps, steps_per_epoch, shape="cosine", warmup_steps=0):
@@ -181,6 +194,8 @@ class AnnealLearningRate(keras.callbacks.Callback):
         if step < self.warmup_steps:
             return self.learning_rate * (step + 1) / self.warmup_steps
         progress = min((step - self.warmup_steps) / (self.total_steps - self.warmup_steps), 1.0)
+        if self.shape == "wsd":
+            return self.learning_rate * min(1.0, (1 - progress) / WSD_COOLDOWN)
         if self.shape == "linear":
             return self.learning_rate * (1 - progress)
         if self.shape == "constant":

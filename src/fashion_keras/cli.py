@@ -27,7 +27,7 @@ examples:
   fashion-keras compare runs/baseline runs/dropout --output runs/comparison
   fashion-keras predict --model runs/baseline/model.keras shirt.png batch.npy
   fashion-keras predict --model runs/dropout/model.keras --mc-samples 30 shirt.png
-  fashion-keras predict --model runs/baseline/model.keras --temperature 1.4 shirt.png
+  fashion-keras predict --model runs/baseline/model.keras --temperature run shirt.png
   fashion-keras predict --model runs/seed1/model.keras --model runs/seed2/model.keras shirt.png
   fashion-keras study --quick --output runs/study-quick
   fashion-keras methods --quick --output runs/methods-quick
@@ -204,6 +204,16 @@ def positive_number(text):
         raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
 
 
+def temperature_option(text):
+    """An argparse type: a number above 0, or `run` (the run's fitted temperature)."""
+    if text == "run":
+        return text
+    try:
+        return positive_number(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0 or 'run', got {text!r}") from None
+
+
 MC_HELP = "Monte Carlo dropout passes for the uncertainty sections (default 30)"
 
 PREDICT_HELP = """\
@@ -218,8 +228,8 @@ Uncertainty: entropy is always reported. --mc-samples N averages N Monte Carlo d
 passes; --model given several times averages an ensemble of models. Both also report
 mutual information, the disagreement between the passes or the models. --temperature T
 divides one model's logits by T before the softmax (temperature scaling: T > 1 softens an
-overconfident model; fit T on validation data with fashion_keras.uncertainty.fit_temperature);
-it goes with one --model and no --mc-samples.
+overconfident model; --temperature run takes the T that training fitted on the validation
+split, from the run's metrics.json); it goes with one --model and no --mc-samples.
 """
 
 
@@ -380,10 +390,10 @@ def build_parser():
     )
     p.add_argument(
         "--temperature",
-        type=positive_number,
+        type=temperature_option,
         metavar="T",
         help="divide the logits by T before the softmax (temperature scaling; one model, "
-        "no --mc-samples)",
+        "no --mc-samples); 'run': the T training fitted on the validation split",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     p.set_defaults(func=_predict)

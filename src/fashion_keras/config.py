@@ -42,7 +42,9 @@ class TrainingConfig:
     # warm-up measures the speed and fixes the epochs
     batch_size: int = 128  # per replica; the global batch is this times the replicas
     learning_rate: float = 1e-3
-    lr_schedule: str = "constant"  # constant | cosine | linear (the last two anneal to 0)
+    lr_schedule: str = "constant"  # constant | cosine | linear | wsd (all but the first
+    # anneal to 0; wsd holds the rate and anneals over the last fifth, so a time budget can
+    # move its end until then)
     warmup_epochs: int = 0  # the rate rises linearly from 0 over these first epochs; with a
     # time budget, the epochs are planned again once they have run (their measured time)
     lr_horizon_epochs: float | None = None  # the epochs lr_schedule anneals over, when not
@@ -88,7 +90,7 @@ class Config:
 
 _UNIONS = (typing.Union, types.UnionType)
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
-LR_SCHEDULES = ("constant", "cosine", "linear")
+LR_SCHEDULES = ("constant", "cosine", "linear", "wsd")
 STRATEGIES = ("auto", "single", "mirrored", "multi_worker")  # see fashion_keras.distribute
 
 

@@ -7,6 +7,7 @@ look like Fashion-MNIST: a light garment on a dark background. `.npy` files must
 (0–255) or floats in [0, 1]; they are read without pickle and never resized.
 """
 
+import json
 import warnings
 from pathlib import Path
 
@@ -104,7 +105,7 @@ def _check_options(top, mc_samples, temperature, members):
             f"top must be between 1 and {len(CLASS_NAMES)} (classes listed per image). "
             f"Received: top={top!r}"
         )
-    if temperature is not None:
+    if temperature is not None and temperature != "run":
         check_positive("temperature", temperature)
     if temperature is not None and mc_samples:
         raise UserError(
@@ -134,6 +135,31 @@ def _load_model(model):
     return load_model(model_path)
 
 
+def run_temperature(model_path):
+    """The temperature training fitted for the model at `model_path` (its run's
+    `metrics.json`, beside it).
+
+    Raises:
+        UserError: `model_path` is a model in memory, or its run has no fitted temperature.
+    """
+    import keras
+
+    if isinstance(model_path, keras.Model):
+        raise UserError(
+            'temperature="run" reads the run directory of a model file; give the model as '
+            "the path of its .keras file, or give the temperature as a number"
+        )
+    metrics = Path(model_path).parent / "metrics.json"
+    found = json.loads(metrics.read_text()).get("temperature") if metrics.is_file() else None
+    if found is None:
+        raise UserError(
+            f"--temperature run: {metrics} holds no fitted temperature (runs finish with one "
+            "since fashion_keras 0.3); give --temperature T, e.g. fitted with "
+            "fashion_keras.uncertainty.fit_temperature"
+        )
+    return float(found)
+
+
 def predict_files(model, paths, top=3, mc_samples=0, seed=0, temperature=None):
     """Predicts every image in `paths`; a bad file becomes an error entry, not an exception.
 
@@ -149,8 +175,10 @@ def predict_files(model, paths, top=3, mc_samples=0, seed=0, temperature=None):
         seed: the seed of the Monte Carlo dropout masks (one sequence of masks runs on
             from file to file).
         temperature: None, or a number above 0 that divides the logits before the softmax
-            (temperature scaling, see `fashion_keras.uncertainty.fit_temperature`). One model
-            only, and not with `mc_samples`.
+            (temperature scaling, see `fashion_keras.uncertainty.fit_temperature`), or
+            `"run"`: the temperature that training fitted on the validation split, from the
+            `metrics.json` beside the `.keras` file. One model only, and not with
+            `mc_samples`.
 
     Returns:
         A list with, per image, `{"file", "index", "top": [(class, probability), ...],
@@ -190,6 +218,8 @@ def _predictor(members, mc_samples, seed, temperature):
     """images -> `Predictions`, by the one method the options ask for; models loaded once."""
     from fashion_keras import uncertainty
 
+    if temperature == "run":
+        temperature = run_temperature(members[0])
     members = uncertainty.check_ensemble([_load_model(m) for m in members])
     model = members[0]
     if len(members) > 1:

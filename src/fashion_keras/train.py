@@ -31,6 +31,7 @@ from fashion_keras.errors import interrupt_status
 from fashion_keras.machine import seconds_since_process_start
 from fashion_keras.models import build_model
 from fashion_keras.rundir import RunError
+from fashion_keras.uncertainty import fit_temperature
 
 
 class TrainingInterrupted(Exception):
@@ -118,12 +119,15 @@ def train(config, output=None, data_dir=None, verbose=None, clock=None):
             )
         epochs = epochs_to_fit(setup.config.training.epochs, steps)
         if first_epoch < epochs and not state.get("stop_training"):
-            guard = [deadline(setup, clock, steps)] if planned_now else []
+            guard, most = keep_budget(setup, clock, steps) if planned_now else ([], epochs)
             callbacks = make_callbacks(setup, steps, state, before_commit=guard)
-            fit(setup, model, train_data, validation, first_epoch, epochs, callbacks, verbose)
-            if guard and guard[0].plan.stopped_at_s is not None:
-                setup = with_plan(setup, guard[0].plan)
+            for callback in guard[:-1]:  # a Replan
+                callback.follow(callbacks)
+            fit(setup, model, train_data, validation, first_epoch, most, callbacks, verbose)
+            if planned_now:
+                setup = with_plan(setup, read_plan(setup.run_dir))
         evaluated_epoch, (test_loss, test_accuracy) = evaluate(setup, model, test)
+        temperature = fit_run_temperature(setup, model, validation)
         return write_results(
             setup,
             model,
@@ -131,6 +135,7 @@ def train(config, output=None, data_dir=None, verbose=None, clock=None):
                 "test_loss": float(test_loss),
                 "test_accuracy": float(test_accuracy),
                 "evaluated_epoch": evaluated_epoch,
+                "temperature": temperature,
                 "resumed_from_epoch": resumed_from,
                 "train_size": len(train_data[0]),
                 "val_size": len(validation[0]),
@@ -228,7 +233,8 @@ def run_config(config, run_dir):
     allowed = {asked, cfg.dump_config(config)}
     if plan and config.training.epochs == plan["epochs"]:
         # Killed between writing plan.json and config.yaml: it has the plan before.
-        for epochs in (plan.get("first_epochs"), plan.get("lr_horizon_epochs")):
+        before = plan.get("previous_epochs", plan.get("first_epochs"))  # 0.2: first_epochs
+        for epochs in (before, plan.get("lr_horizon_epochs")):
             if epochs:
                 allowed.add(cfg.dump_config(budget.with_epochs(config, epochs)))
     if saved.exists() and _resolved_text(saved) not in allowed:
@@ -346,10 +352,27 @@ def with_plan(setup, plan):
     return dataclasses.replace(setup, config=config)
 
 
-def deadline(setup, clock, steps):
-    """The `budget.Deadline` of a run whose budget this process's `clock` counts."""
+def keep_budget(setup, clock, steps):
+    """The callbacks that keep the budget this process planned, and the epochs to `fit`.
+
+    The `budget.Deadline`, last; before it, with `training.lr_schedule="wsd"`, a
+    `budget.Replan` after every epoch of the stable rate, up to twice the epochs planned now
+    (the `fit` runs to those, and the plan stops it). Each new plan is recorded (see
+    `record_plan`) and handed to the deadline.
+    """
     plan = read_plan(setup.run_dir)
-    return budget.Deadline(plan, clock, steps, lambda new: record_plan(setup, new))
+    deadline = budget.Deadline(plan, clock, steps, lambda new: record_plan(setup, new))
+    epochs = epochs_to_fit(plan.epochs, steps)
+    if setup.config.training.lr_schedule != "wsd":
+        return [deadline], epochs
+
+    def record(new):
+        deadline.plan = new
+        record_plan(setup, new)
+
+    most = 2 * epochs
+    replan = budget.Replan(plan, clock, record, steps, wsd=True, most_epochs=most)
+    return [replan, deadline], most
 
 
 def read_plan(run_dir):
@@ -374,8 +397,10 @@ def warm_up(setup, model, train_data, validation, start, clock, verbose):
     """
     replanned = {}
     plan = read_plan(setup.run_dir)
-    replan = budget.Replan(plan, clock, lambda new: replanned.update(setup=record_plan(setup, new)))
     steps = epoch_steps(setup, len(train_data[0]))
+    replan = budget.Replan(
+        plan, clock, lambda new: replanned.update(setup=record_plan(setup, new)), steps
+    )
     callbacks = make_callbacks(setup, steps, start[1], before_commit=[replan])
     # Fit toward the first plan's end (so the log counts its epochs), stopping once the
     # warm-up is committed: after `RunState`, which must not record the stop.
@@ -412,7 +437,7 @@ def make_callbacks(setup, steps, state, before_commit=()):
                 t.learning_rate, horizon, steps, t.lr_schedule, t.warmup_epochs * steps
             )
         ]
-    if total % steps:  # a fraction of an epoch at the end
+    if total % steps or t.lr_schedule == "wsd":  # a fraction of an epoch; a moving end
         schedule.append(cb.StopAtStep(total, steps))
     return [
         keras.callbacks.TerminateOnNaN(),  # a diverged run stops; evaluate() says so
@@ -489,6 +514,16 @@ def evaluate(setup, model, test):
         result = model.evaluate(*test, batch_size=setup.global_batch, verbose=0)
     failpoints.reached("evaluated")
     return epoch, result
+
+
+def fit_run_temperature(setup, model, validation):
+    """The temperature that calibrates the evaluated model, fitted on the validation split
+    (`uncertainty.fit_temperature`); `metrics.json` keeps it for `predict --temperature run`.
+    """
+    x_val, y_val = validation
+    with setup.strategy.scope():
+        logits = model.predict(x_val, batch_size=setup.global_batch, verbose=0)
+    return fit_temperature(np.asarray(logits, dtype="float64"), y_val)
 
 
 def _budget_record(plan, planned_now, wall_time_s):
