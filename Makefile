@@ -97,7 +97,7 @@ browser: ## install headless Chromium for the page tests (Debian, as root)
 test: data browser ## the test suite, as CI runs it first (real data; trains small models)
 	$(BIN)/pytest -q --durations=15 -m "not crash and not backends and not long"
 
-test-fast: data ## the unit tier for the edit loop: no training subprocess, about a minute
+test-fast: data ## the unit tier for the edit loop: no training subprocess, about 4 minutes
 	$(BIN)/pytest -q -m "not slow and not backends and not long"
 
 test-long: data browser ## end to end over many runs: the quick study and methods, notebooks, the wheel (CI)

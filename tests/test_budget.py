@@ -300,6 +300,7 @@ def test_step_time_counts_every_batch_of_an_execution(monkeypatch, steps_per_exe
     assert seconds == pytest.approx(1 / steps_per_execution)
 
 
+@pytest.mark.long  # for its time: make test-long runs it, make test does not
 @pytest.mark.slow
 def test_two_budgeted_runs_in_one_process_each_get_their_budget(tmp_path):
     # A notebook or a script: the second run's budget counts from its own call, not from
@@ -379,6 +380,7 @@ def test_a_budgeted_run_records_its_plan_and_keeps_its_budget(budgeted):
     assert metrics["process_wall_time_s"] < 2 * BUDGET
 
 
+@pytest.mark.long  # for its time: make test-long runs it, make test does not
 @pytest.mark.slow
 def test_the_saved_config_repeats_a_budgeted_run(budgeted, tmp_path):
     run_dir, _ = budgeted
@@ -389,6 +391,7 @@ def test_the_saved_config_repeats_a_budgeted_run(budgeted, tmp_path):
     assert metrics == _outcome(run_dir)[1]
 
 
+@pytest.mark.long  # for its time: make test-long runs it, make test does not
 @pytest.mark.slow
 def test_a_resumed_budgeted_run_keeps_its_horizon(budgeted, tmp_path):
     from test_resume import kill_while_writing

@@ -160,8 +160,9 @@ def test_ctrl_c_or_kill_stops_cleanly_and_says_how_to_resume(reference, tmp_path
     run_dir = tmp_path / "run"
     process = _start_and_wait_for_backup(run_dir, 1, 0.2)
     process.send_signal(sent)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == status, stderr[-2000:]  # 128 + the signal's number
+    stdout, stderr = process.communicate(timeout=120)
+    # 128 + the signal's number (the output says where the signal found the run, if it fails)
+    assert process.returncode == status, stdout[-1500:] + stderr[-2000:]
     assert "to resume" in stderr and "Traceback" not in stderr
     backed_up = max(read_backup(run_dir / "backup"), default=0)
     assert backed_up == 1
