@@ -120,6 +120,8 @@ def test_two_workers_train_as_one_job(tmp_path):
     _, single = _train(tmp_path / "single", "distribute.strategy=single")
     assert metrics["test_accuracy"] == single["test_accuracy"]
     assert metrics["test_loss"] == pytest.approx(single["test_loss"], rel=1e-6)
+    # Fitted on all the validation images, not on this worker's share of them.
+    assert metrics["temperature"] == pytest.approx(single["temperature"], rel=1e-4)
     for name in ("model.keras", "best.keras", "history.csv", "config.yaml"):
         assert (run_dir / name).is_file()
     assert sorted(p.name for p in run_dir.iterdir()) == sorted(

@@ -521,8 +521,14 @@ def fit_run_temperature(setup, model, validation):
     (`uncertainty.fit_temperature`); `metrics.json` keeps it for `predict --temperature run`.
     """
     x_val, y_val = validation
-    with setup.strategy.scope():
-        logits = model.predict(x_val, batch_size=setup.global_batch, verbose=0)
+    batch = setup.global_batch
+    if isinstance(setup.strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        # predict() would give each worker its shard of the images: call the model on all.
+        starts = range(0, len(x_val), batch)
+        logits = np.concatenate([model(x_val[i : i + batch], training=False) for i in starts])
+    else:
+        with setup.strategy.scope():
+            logits = model.predict(x_val, batch_size=batch, verbose=0)
     return fit_temperature(np.asarray(logits, dtype="float64"), y_val)
 
 
