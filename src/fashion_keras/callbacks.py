@@ -17,6 +17,18 @@ import keras
 import numpy as np
 
 from fashion_keras import files, rundir
+from fashion_keras.errors import raise_pending_interrupt
+
+
+class RaisePendingInterrupt(keras.callbacks.Callback):
+    """Stops `fit` after the batch on a Ctrl-C or SIGTERM whose exception Python swallowed
+    (see `fashion_keras.errors.on_signal`)."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        raise_pending_interrupt()
+
+    def on_train_end(self, logs=None):
+        raise_pending_interrupt()
 
 
 class EpochTimer(keras.callbacks.Callback):

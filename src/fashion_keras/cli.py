@@ -9,11 +9,10 @@ FASHION_KERAS_DEBUG=1. TensorFlow's start-up notices are left out of stderr
 import argparse
 import json
 import os
-import signal
 import sys
 
-from fashion_keras import __version__, quiet
-from fashion_keras.errors import Terminated, UserError, interrupt_status
+from fashion_keras import __version__, errors, quiet
+from fashion_keras.errors import UserError, interrupt_status
 
 EXAMPLES = """\
 examples:
@@ -409,10 +408,6 @@ def build_parser():
     return parser
 
 
-def _terminate(signum, frame):
-    raise Terminated()
-
-
 def main(argv=None):
     args = build_parser().parse_args(argv)
     verbose = args.verbose or os.environ.get("FASHION_KERAS_VERBOSE", "0") not in ("", "0")
@@ -432,7 +427,7 @@ def _main(args):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ chatter out
     os.environ.setdefault("MPLBACKEND", "Agg")  # plots go to files, never to a window
     # A `kill` stops training like Ctrl-C: cleanly, with the backup kept for resuming.
-    signal.signal(signal.SIGTERM, _terminate)
+    errors.handle_signals()
     try:
         status = args.func(args)
     except KeyboardInterrupt as e:

@@ -121,8 +121,9 @@ def train(config, output=None, data_dir=None, verbose=None, clock=None):
         if first_epoch < epochs and not state.get("stop_training"):
             guard, most = keep_budget(setup, clock, steps) if planned_now else ([], epochs)
             callbacks = make_callbacks(setup, steps, state, before_commit=guard)
-            for callback in guard[:-1]:  # a Replan
-                callback.follow(callbacks)
+            for callback in guard:
+                if isinstance(callback, budget.Replan):
+                    callback.follow(callbacks)
             fit(setup, model, train_data, validation, first_epoch, most, callbacks, verbose)
             if planned_now:
                 setup = with_plan(setup, read_plan(setup.run_dir))
@@ -440,6 +441,7 @@ def make_callbacks(setup, steps, state, before_commit=()):
     if total % steps or t.lr_schedule == "wsd":  # a fraction of an epoch; a moving end
         schedule.append(cb.StopAtStep(total, steps))
     return [
+        cb.RaisePendingInterrupt(),
         keras.callbacks.TerminateOnNaN(),  # a diverged run stops; evaluate() says so
         *schedule,
         cb.EpochTimer(),
