@@ -25,6 +25,7 @@ import fashion_keras.layers  # noqa: E402, F401 (registers the saved models' lay
 from fashion_keras import files  # noqa: E402
 from fashion_keras.data import load_data  # noqa: E402
 from fashion_keras.distribute import describe_device  # noqa: E402
+from fashion_keras.shift import moved  # noqa: E402
 
 ONE = [(0, 1), (0, -1), (1, 0), (-1, 0)]
 VIEWS = {  # (down, right) moves, in pixels, beside the image itself
@@ -34,16 +35,6 @@ VIEWS = {  # (down, right) moves, in pixels, beside the image itself
     "+ 8 moves of 1 px": [(a, b) for a in (-1, 0, 1) for b in (-1, 0, 1) if a or b],
     "+ left/right 2 px": [(0, 2), (0, -2)],
 }
-
-
-def moved(images, down, right):
-    """`images` (n, h, w, c) moved by whole pixels, filled with 0."""
-    out = np.zeros_like(images)
-    h, w = images.shape[1:3]
-    rows = slice(max(down, 0), h + min(down, 0)), slice(max(-down, 0), h + min(-down, 0))
-    cols = slice(max(right, 0), w + min(right, 0)), slice(max(-right, 0), w + min(-right, 0))
-    out[:, rows[0], cols[0]] = images[:, rows[1], cols[1]]
-    return out
 
 
 def accuracies(path, x, y):

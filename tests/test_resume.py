@@ -106,49 +106,41 @@ def assert_resumed(run_dir, rerun, resumed_from, reference):
     assert metrics == reference[1]
 
 
-# Runs the CLI with one more callback that pauses for a minute after the third batch of the
-# second epoch: a signal sent after epoch 1's backup always finds the run mid-epoch, on any
-# machine, however fast.
-PAUSED = """
-import sys, time
+# Runs the CLI with one more callback that runs `{action}` after the third batch of the
+# second epoch, with `{before}` defined first.
+AFTER_BATCH_3_OF_EPOCH_2 = """
+import os, signal, sys, time
 import keras
 import fashion_keras.train as train
-class Pause(keras.callbacks.Callback):
+{before}
+class Act(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
     def on_train_batch_end(self, batch, logs=None):
         if self.epoch == 1 and batch == 2:
-            time.sleep(60)
+            {action}
 real_make_callbacks = train.make_callbacks
-train.make_callbacks = lambda *args, **kwargs: [*real_make_callbacks(*args, **kwargs), Pause()]
+train.make_callbacks = lambda *args, **kwargs: [*real_make_callbacks(*args, **kwargs), Act()]
 from fashion_keras.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
+# Pauses for a minute: a signal sent after epoch 1's backup always finds the run mid-epoch,
+# on any machine, however fast.
+PAUSED = AFTER_BATCH_3_OF_EPOCH_2.format(before="", action="time.sleep(60)")
 
-# Runs the CLI with one more callback that, after the third batch of the second epoch, sends
-# the process a SIGTERM while a `__del__` runs: Python swallows the exception the handler
-# raises there ("Exception ignored in"), as it may at any epoch's end when TensorFlow's
-# iterators are collected. The run must still stop.
-SWALLOWED = """
-import os, signal, sys, time
-import keras
-import fashion_keras.train as train
+# Sends the process a SIGTERM while a `__del__` runs: Python swallows the exception the
+# handler raises there ("Exception ignored in"), as it may at any epoch's end when
+# TensorFlow's iterators are collected. The run must still stop.
+SWALLOWED = AFTER_BATCH_3_OF_EPOCH_2.format(
+    before="""
 class Garbage:
     def __del__(self):
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)  # the handler runs in here, and its exception dies with this call
-class Collect(keras.callbacks.Callback):
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-    def on_train_batch_end(self, batch, logs=None):
-        if self.epoch == 1 and batch == 2:
-            Garbage()
-real_make_callbacks = train.make_callbacks
-train.make_callbacks = lambda *args, **kwargs: [*real_make_callbacks(*args, **kwargs), Collect()]
-from fashion_keras.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
+""",
+    action="Garbage()",
+)
 
 
 def _start_and_wait_for_backup(run_dir, epochs_done, extra_wait):

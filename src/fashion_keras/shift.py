@@ -38,16 +38,22 @@ def _rotate(x, degrees, rng):
 DIRECTIONS = ((0, 1), (0, -1), (1, 0), (-1, 0))  # (down, right): right, left, down, up
 
 
-def _translate(x, pixels, rng):
-    # Whole pixels, no resampling: each image is a window of the zero-padded batch.
-    which = rng.integers(0, len(DIRECTIONS), size=len(x))
+def moved(x, down, right):
+    """Images `x` (n, h, w, c) moved `down` and `right` by whole pixels (negative: up, left),
+    without resampling: each is a window of the zero-padded batch, the gap filled with 0."""
+    pixels = max(abs(down), abs(right))
     padded = np.pad(x, ((0, 0), (pixels, pixels), (pixels, pixels), (0, 0)))
     height, width = x.shape[1:3]
-    moved = np.empty_like(x)
+    top, left = pixels - down, pixels - right
+    return padded[:, top : top + height, left : left + width]
+
+
+def _translate(x, pixels, rng):
+    which = rng.integers(0, len(DIRECTIONS), size=len(x))
+    out = np.empty_like(x)
     for k, (down, right) in enumerate(DIRECTIONS):
-        top, left = pixels - down * pixels, pixels - right * pixels
-        moved[which == k] = padded[which == k, top : top + height, left : left + width]
-    return moved
+        out[which == k] = moved(x[which == k], down * pixels, right * pixels)
+    return out
 
 
 def _add_noise(x, stddev, rng):
