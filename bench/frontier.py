@@ -17,8 +17,11 @@ the last epoch that fits in it. Every figure is a mean and standard deviation ov
 (42, 43, ...): `--seeds` of them per budget, `--long-seeds` from 30 minutes up.
 
     python bench/frontier.py [--budgets 1,5,30] [--seeds 3] [--long-seeds 2]
-        [--contenders project,keras,keras-bf16,pytorch] [--preset NAME] [--train-limit N]
-        [--json OUT] [--plot OUT.png]
+        [--contenders project,keras,keras-bf16,pytorch] [--preset NAME] [--set KEY=VALUE]
+        [--train-limit N] [--json OUT] [--plot OUT.png]
+
+`--set` passes a config override to every project run (a recipe tried against its preset:
+`--contenders project --budgets 5 --set model.random_translation=0.0715`).
 
 The defaults take about 5 hours on 2 cores (every contender: 3 x (1 + 5) + 2 x 30 minutes).
 Prints a table and writes JSON and a plot. Not part of the tests.
@@ -40,7 +43,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from fashion_keras import files
+from fashion_keras import files, rundir
 from fashion_keras.machine import ISA_FLAGS, cpu_flags, describe_cpu, seconds_since_process_start
 
 from contenders import keras_tutorial_model, torch_tutorial_net
@@ -225,13 +228,15 @@ def run_curve(key, seconds, seed, train_limit, tmp):
     return {**result, "stderr_tail": tail if status and not stopped else None, "curve": curve}
 
 
-def run_project(seconds, seed, preset, train_limit, tmp):
-    """One `fashion-keras train` run with a time budget of `seconds`."""
+def run_project(seconds, seed, preset, overrides, train_limit, tmp):
+    """One `fashion-keras train` run with a time budget of `seconds` (and `overrides`,
+    `--set` arguments)."""
     label = f"fashion_keras {preset}, {seconds / 60:g} min, seed {seed}"
     output = Path(tmp) / f"{seconds:g}s-seed{seed}"
     command = [sys.executable, "-m", "fashion_keras.cli", "train", "--config", preset]
     command += ["--set", f"training.time_budget_s={seconds:g}", "--set", f"seed={seed}"]
     command += ["--output", str(output)]
+    command += [arg for override in overrides for arg in ("--set", override)]
     command += ["--set", f"data.train_limit={train_limit}"] if train_limit else []
     print(f"{label}: started", flush=True)
     status, wall, result_s, tail = run_child(command, label, limit_s=2 * seconds + 180)
@@ -245,9 +250,12 @@ def run_project(seconds, seed, preset, train_limit, tmp):
     keys = ("test_accuracy", "test_loss", "process_wall_time_s", "epochs", "train_images_per_s")
     run["metrics"] = {key: metrics.get(key) for key in keys}
     run["plan"] = metrics.get("plan")
+    # What a recipe is chosen on: the validation accuracy of the epoch the run kept.
+    run["val_accuracy"] = rundir.read_history(output / "history.csv")[-1]["val_accuracy"]
     print(
         f"{label}: {metrics['test_accuracy']:.4f} at {clock(result_s)} "
-        f"({result_s / seconds:.0%} of the budget; exited at {clock(wall)})",
+        f"(validation {run['val_accuracy']:.4f}; "
+        f"{result_s / seconds:.0%} of the budget; exited at {clock(wall)})",
         flush=True,
     )
     return run
@@ -409,6 +417,14 @@ def parse_args(argv):
     )
     parser.add_argument("--contenders", default=",".join(CONTENDERS), help="default: all")
     parser.add_argument("--preset", help="the project's preset for every budget")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="overrides",
+        help="a config override for every project run; repeatable",
+    )
     parser.add_argument("--train-limit", type=int, metavar="N", help="class-balanced subset")
     parser.add_argument("--runs", metavar="DIR", help="keep the project's run directories here")
     parser.add_argument("--json", default="bench/frontier.json", metavar="OUT")
@@ -436,11 +452,17 @@ def parse_args(argv):
         parser.error(f"Unknown contenders {sorted(unknown)}. Available: {', '.join(CONTENDERS)}")
     if args.train_limit is not None and args.train_limit < 10:
         parser.error(f"--train-limit must be at least 10. Received: {args.train_limit}")
-    if args.preset and "project" in args.contenders:
-        from fashion_keras.config import list_presets  # here, not before 90 minutes of runs
+    if "project" in args.contenders:  # here, not after 90 minutes of runs
+        from fashion_keras.config import list_presets, load_config
+        from fashion_keras.errors import UserError
 
-        if args.preset not in list_presets():
+        if args.preset and args.preset not in list_presets():
             parser.error(f"Unknown preset {args.preset!r}. Available: {', '.join(list_presets())}")
+        try:
+            for seconds in budgets:
+                load_config(args.preset or preset_for(seconds), args.overrides)
+        except UserError as error:
+            parser.error(f"--set: {error}")
     return args
 
 
@@ -459,7 +481,9 @@ def main(argv=None):
             name = CONTENDERS[key]
             if key == "project":
                 runs = [
-                    run_project(s, seed, args.preset or preset_for(s), args.train_limit, tmp)
+                    run_project(
+                        s, seed, args.preset or preset_for(s), args.overrides, args.train_limit, tmp
+                    )
                     for s in args.budgets
                     for seed in seeds_for(s, args)
                 ]
@@ -488,6 +512,7 @@ def main(argv=None):
             "learning_rate": LEARNING_RATE,
             "seeds": args.seeds,
             "long_seeds": args.long_seeds,
+            "overrides": args.overrides,
         },
         "contenders": contenders,
         "frontier": frontier(contenders, args.budgets, args),
