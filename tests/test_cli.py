@@ -161,7 +161,7 @@ def test_version_and_presets():
     presets = run_cli("presets")
     assert presets.returncode == 0
     names = [line.split()[0] for line in presets.stdout.splitlines()]
-    assert names == ["baseline", "dropout", "fast", "improved"]
+    assert names == ["baseline", "dropout", "fast", "fast_shifted", "improved"]
     assert all(len(line.split()) > 4 for line in presets.stdout.splitlines())  # a description
 
 

@@ -6,7 +6,7 @@ from conftest import CONFIGS, ROOT
 
 
 def test_shipped_presets_hold_the_tutorial_recipe():
-    assert list(list_presets()) == ["baseline", "dropout", "fast", "improved"]
+    assert list(list_presets()) == ["baseline", "dropout", "fast", "fast_shifted", "improved"]
     for name in ("baseline", "dropout"):
         config = load_config(name)
         assert config.model["variant"] == name
@@ -15,7 +15,11 @@ def test_shipped_presets_hold_the_tutorial_recipe():
         assert config.training.epochs == 20 and config.training.time_budget_s is None
     assert load_config("fast").training.time_budget_s == 45
     assert load_config("improved").training.time_budget_s == 1800
-    for name in ("fast", "improved"):
+    # `fast` for 5 minutes, with its training images moved: nothing else differs.
+    shifted = load_config("fast_shifted", ["training.time_budget_s=45"])
+    assert shifted.model == {**load_config("fast").model, "random_shift": 2}
+    assert shifted.training == load_config("fast").training
+    for name in ("fast", "fast_shifted", "improved"):
         assert load_config(name).run_name == name
         assert load_config(name).training.epochs is None
     # A path still works, and the repository's configs/ is the packaged presets themselves.

@@ -39,6 +39,7 @@ SETS = [
     "data.eval_limit=100",
     "model.variant=dropout",
     "model.random_translation=0.1",
+    "model.random_shift=1",
     "model.random_flip=horizontal",
     "training.epochs=null",
     "training.time_budget_s=600",

@@ -112,7 +112,9 @@ def test_improved_variant_adds_convs_batch_norm_and_augmentation():
 
 
 def test_augmentation_acts_in_training_only():
-    model = build_cnn(filters=(4,), units=8, random_translation=0.3, random_flip="horizontal")
+    model = build_cnn(
+        filters=(4,), units=8, random_translation=0.3, random_shift=2, random_flip="horizontal"
+    )
     plain = build_cnn(filters=(4,), units=8)
     for layer in plain.layers:
         if layer.weights:
@@ -131,6 +133,35 @@ def test_test_time_flip_averages_each_image_with_its_mirror_outside_training():
     np.testing.assert_allclose(model.predict(images, verbose=0), mirrored, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(_np(model(images, training=True)), _np(plain(images)), rtol=1e-6)
     assert not np.allclose(_np(model(images)), _np(plain(images)), rtol=1e-3)
+
+
+def test_shift_images_moves_each_image_as_the_data_shift_does():
+    from fashion_keras.layers import shift_images
+    from fashion_keras.shift import moved
+
+    images = np.random.default_rng(0).random((6, 28, 28, 2)).astype("float32")
+    moves = np.array([[0, 0], [1, 0], [0, -1], [-2, 2], [3, -3], [-1, -2]], dtype="int32")
+    shifted = _np(shift_images(images, moves))
+    for image, out, (down, right) in zip(images, shifted, moves, strict=True):
+        np.testing.assert_array_equal(out, moved(image[None], down, right)[0])
+
+
+def test_random_shift_moves_training_images_to_every_position_equally():
+    from fashion_keras.layers import RandomShift
+    from fashion_keras.shift import moved
+
+    layer = RandomShift(1, seed=0)
+    images = np.random.default_rng(0).random((450, 28, 28, 1)).astype("float32")
+    np.testing.assert_array_equal(_np(layer(images, training=False)), images)
+    shifted = _np(layer(images, training=True))
+    positions = [(down, right) for down in (-1, 0, 1) for right in (-1, 0, 1)]
+    found = [
+        next(m for m in positions if np.array_equal(out, moved(image[None], *m)[0]))
+        for image, out in zip(images, shifted, strict=True)
+    ]
+    counts = [found.count(m) for m in positions]
+    assert min(counts) > 20, counts  # 50 expected for each of the 9 positions
+    assert RandomShift.from_config(layer.get_config()).pixels == 1
 
 
 def test_random_erasing_overwrites_one_rectangle_per_training_image():
@@ -159,6 +190,8 @@ def test_random_erasing_overwrites_one_rectangle_per_training_image():
         ({"random_translation": 1.5}, "random_translation must be a fraction"),
         ({"random_translation": True}, "random_translation must be a fraction"),
         ({"random_flip": "sideways"}, "random_flip must be one of (None, 'horizontal'"),
+        ({"random_shift": 1.5}, "random_shift must be an integer of at least 0"),
+        ({"random_shift": 14}, "random_shift must move images by less than half their size"),
         ({"random_erasing": 1.5}, "random_erasing must be a probability in [0, 1]"),
         ({"random_erasing": "0.5"}, "random_erasing must be a probability in [0, 1]"),
         ({"downsample": "avg_pool"}, "downsample must be one of ('max_pool', 'strides')"),

@@ -129,18 +129,30 @@ sys.exit(main(sys.argv[1:]))
 # on any machine, however fast.
 PAUSED = AFTER_BATCH_3_OF_EPOCH_2.format(before="", action="time.sleep(60)")
 
-# Sends the process a SIGTERM while a `__del__` runs: Python swallows the exception the
-# handler raises there ("Exception ignored in"), as it may at any epoch's end when
-# TensorFlow's iterators are collected. The run must still stop.
-SWALLOWED = AFTER_BATCH_3_OF_EPOCH_2.format(
-    before="""
+# `Garbage()` sends the process a SIGTERM while its `__del__` runs: Python swallows the
+# exception the handler raises there ("Exception ignored in"), as it may at any epoch's end
+# when TensorFlow's iterators are collected. The run must still stop.
+GARBAGE = """
 class Garbage:
     def __del__(self):
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)  # the handler runs in here, and its exception dies with this call
-""",
-    action="Garbage()",
-)
+"""
+SWALLOWED_IN_TRAINING = AFTER_BATCH_3_OF_EPOCH_2.format(before=GARBAGE, action="Garbage()")
+# The same as the test evaluation ends, after the last epoch's backup.
+SWALLOWED_IN_TESTING = f"""
+import os, signal, sys, time
+import fashion_keras.train as train
+{GARBAGE}
+real_evaluate = train.evaluate
+def evaluate(*args):
+    result = real_evaluate(*args)
+    Garbage()
+    return result
+train.evaluate = evaluate
+from fashion_keras.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
 
 
 def _start_and_wait_for_backup(run_dir, epochs_done, extra_wait):
@@ -189,10 +201,13 @@ def test_ctrl_c_or_kill_stops_cleanly_and_says_how_to_resume(reference, tmp_path
 
 
 @pytest.mark.long
-def test_a_signal_python_swallowed_still_stops_the_run(reference, tmp_path):
+@pytest.mark.parametrize(
+    "script, epochs_done", [(SWALLOWED_IN_TRAINING, 1), (SWALLOWED_IN_TESTING, 3)]
+)
+def test_a_signal_python_swallowed_still_stops_the_run(reference, tmp_path, script, epochs_done):
     run_dir = tmp_path / "run"
     stopped = subprocess.run(
-        [sys.executable, "-c", SWALLOWED, *train_args(run_dir)],
+        [sys.executable, "-c", script, *train_args(run_dir)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -200,8 +215,10 @@ def test_a_signal_python_swallowed_still_stops_the_run(reference, tmp_path):
     )
     assert "Exception ignored" in stopped.stderr  # the handler's own raise was lost
     assert stopped.returncode == 143, stopped.stdout[-1500:] + stopped.stderr[-2000:]
-    assert "interrupted after 1 completed epoch(s)" in stopped.stderr  # in epoch 2, not after
-    assert max(read_backup(run_dir / "backup")) == 1
+    # In epoch 2, not after it; or before the results were written.
+    assert f"interrupted after {epochs_done} completed epoch(s)" in stopped.stderr
+    assert max(read_backup(run_dir / "backup")) == epochs_done
+    assert not (run_dir / "metrics.json").exists() and not (run_dir / "model.keras").exists()
     rerun = run_cli(*train_args(run_dir))
-    assert "Resuming after epoch 1" in rerun.stdout
-    assert_resumed(run_dir, rerun, 1, reference)
+    assert f"Resuming after epoch {epochs_done}" in rerun.stdout
+    assert_resumed(run_dir, rerun, epochs_done, reference)

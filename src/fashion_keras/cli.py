@@ -84,8 +84,10 @@ def _export(args):
 def _presets(args):
     from fashion_keras.config import list_presets
 
-    for name, description in list_presets().items():
-        print(f"{name:<10} {description}")
+    presets = list_presets()
+    width = max(map(len, presets))
+    for name, description in presets.items():
+        print(f"{name:<{width}}  {description}")
 
 
 def _data(args):

@@ -163,6 +163,7 @@ def _validate(
     dropout_rates,
     batch_norm,
     random_translation,
+    random_shift,
     random_flip,
     random_erasing,
     test_time_flip,
@@ -205,6 +206,12 @@ def _validate(
             "random_translation must be a fraction of the image size in [0, 1). "
             f"Received: random_translation={random_translation!r}"
         )
+    check_int("random_shift", random_shift, minimum=0)
+    if 2 * random_shift >= min(_as_tuple(input_shape)[:2]):
+        raise UserError(
+            "random_shift must move images by less than half their size. "
+            f"Received: random_shift={random_shift!r} for input_shape={input_shape!r}"
+        )
     if not _is_number(random_erasing) or not 0 <= random_erasing <= 1:
         raise UserError(
             "random_erasing must be a probability in [0, 1]. "
@@ -233,6 +240,7 @@ def build_cnn(
     dropout_rates=None,
     batch_norm=False,
     random_translation=0.0,
+    random_shift=0,
     random_flip=None,
     random_erasing=0.0,
     test_time_flip=False,
@@ -265,6 +273,9 @@ def build_cnn(
             Keras' `BatchNormalization` on TensorFlow's fused kernel (`fashion_keras.layers`).
         random_translation: shift training images by up to this fraction of their height
             and width (`RandomTranslation`, whole pixels, zero fill); 0 for none.
+        random_shift: move training images by up to this many whole pixels each way
+            (`fashion_keras.layers.RandomShift`: what `random_translation` does, at a
+            fraction of its cost on a CPU); 0 for none.
         random_flip: `RandomFlip` mode for training images: None, `"horizontal"`,
             `"vertical"` or `"horizontal_and_vertical"`.
         random_erasing: probability that a training image gets one rectangle (each side
@@ -284,7 +295,12 @@ def build_cnn(
     import keras
     from keras import layers
 
-    from fashion_keras.layers import AddMirrors, AverageMirrors, FusedBatchNormalization
+    from fashion_keras.layers import (
+        AddMirrors,
+        AverageMirrors,
+        FusedBatchNormalization,
+        RandomShift,
+    )
 
     units = _as_tuple(units)
     if not isinstance(convs_per_block, (list, tuple)):
@@ -305,6 +321,8 @@ def build_cnn(
             interpolation="nearest",
             name="random_translation",
         )(x)
+    if random_shift:
+        x = RandomShift(random_shift, name="random_shift")(x)
     if random_flip:
         x = layers.RandomFlip(random_flip, name="random_flip")(x)
     if random_erasing:

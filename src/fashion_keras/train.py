@@ -10,6 +10,7 @@ moment loses at most the epoch in flight, and a kill after the last epoch redoes
 evaluation and the final writes.
 """
 
+import contextlib
 import dataclasses
 import math
 import sys
@@ -27,7 +28,7 @@ from fashion_keras import budget, distribute, failpoints, files, machine, rundir
 from fashion_keras import callbacks as cb
 from fashion_keras import config as cfg
 from fashion_keras.data import load_data, make_dataset
-from fashion_keras.errors import interrupt_status
+from fashion_keras.errors import interrupt_status, raise_pending_interrupt
 from fashion_keras.machine import seconds_since_process_start
 from fashion_keras.models import build_model
 from fashion_keras.rundir import RunError
@@ -127,8 +128,9 @@ def train(config, output=None, data_dir=None, verbose=None, clock=None):
             fit(setup, model, train_data, validation, first_epoch, most, callbacks, verbose)
             if planned_now:
                 setup = with_plan(setup, read_plan(setup.run_dir))
-        evaluated_epoch, (test_loss, test_accuracy) = evaluate(setup, model, test)
-        temperature = fit_run_temperature(setup, model, validation)
+        with resumable(setup):
+            evaluated_epoch, (test_loss, test_accuracy) = evaluate(setup, model, test)
+            temperature = fit_run_temperature(setup, model, validation)
         return write_results(
             setup,
             model,
@@ -473,22 +475,31 @@ def fit(setup, model, train_data, validation, first_epoch, epochs, callbacks, ve
     dataset = make_dataset(*train_data, setup.global_batch, setup.config.seed, first_epoch, epochs)
     if isinstance(setup.strategy, tf.distribute.MultiWorkerMirroredStrategy):
         distribute.work_around_keras_20585(model)
-    with setup.strategy.scope():
-        try:
-            model.fit(
-                dataset,
-                initial_epoch=first_epoch,
-                epochs=epochs,
-                steps_per_epoch=steps,
-                validation_data=validation,
-                validation_batch_size=setup.global_batch,  # Keras' default, 32, is slower
-                shuffle=False,  # make_dataset shuffles, reproducibly
-                callbacks=callbacks,
-                verbose=verbose,
-            )
-        except KeyboardInterrupt as e:
-            epochs_done = max(rundir.read_backup(setup.run_dir / "backup"), default=0)
-            raise TrainingInterrupted(setup.output, epochs_done, interrupt_status(e)) from None
+    with setup.strategy.scope(), resumable(setup):
+        model.fit(
+            dataset,
+            initial_epoch=first_epoch,
+            epochs=epochs,
+            steps_per_epoch=steps,
+            validation_data=validation,
+            validation_batch_size=setup.global_batch,  # Keras' default, 32, is slower
+            shuffle=False,  # make_dataset shuffles, reproducibly
+            callbacks=callbacks,
+            verbose=verbose,
+        )
+
+
+@contextlib.contextmanager
+def resumable(setup):
+    """Turns a Ctrl-C or SIGTERM in the block into `TrainingInterrupted`, which says how to
+    resume; also one whose exception Python swallowed (see `errors.on_signal`), so that
+    the run stops before it writes its results."""
+    try:
+        yield
+        raise_pending_interrupt()
+    except KeyboardInterrupt as e:
+        epochs_done = max(rundir.read_backup(setup.run_dir / "backup"), default=0)
+        raise TrainingInterrupted(setup.output, epochs_done, interrupt_status(e)) from None
 
 
 # --------------------------------------------------------------------------- evaluate, write
