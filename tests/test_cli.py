@@ -17,7 +17,7 @@ from conftest import CONFIGS, SMOKE, run_cli
     "args, message",
     [
         (["train", "--config", "nope.yaml"], "config file nope.yaml not found"),
-        (["train", "--config", "basline"], "presets: baseline, dropout, fast, improved"),
+        (["train", "--config", "basline"], "dropout, fast, fast_shifted, improved"),
         (
             ["train", "--config", CONFIGS / "baseline.yaml", "--set", "training.epochz=3"],
             "did you mean training.epochs?",

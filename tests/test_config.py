@@ -133,7 +133,7 @@ def test_bad_values_name_the_key(values, message):
 def test_file_errors(tmp_path):
     with pytest.raises(ConfigError, match="not found; give a YAML file or one of the presets: "):
         load_config(tmp_path / "nope.yaml")
-    with pytest.raises(ConfigError, match="baseline, dropout, fast, improved"):
+    with pytest.raises(ConfigError, match="baseline, dropout, fast, fast_shifted, improved"):
         load_config("basline")
     bad = tmp_path / "bad.yaml"
     bad.write_text("training:\n  epochs: [1\n")

@@ -5,7 +5,7 @@ Section keys are the arguments of the functions they feed: `model` goes to
 Every mistake is a `ConfigError` naming the key, raised before anything is trained.
 
 A config is a YAML file or the name of a preset shipped with the package
-(`list_presets()`: baseline, dropout, fast, improved).
+(`list_presets()`: baseline, dropout, fast, fast_shifted, improved).
 """
 
 import dataclasses
