@@ -146,7 +146,7 @@ def test_shift_images_moves_each_image_as_the_data_shift_does():
         np.testing.assert_array_equal(out, moved(image[None], down, right)[0])
 
 
-def test_random_shift_moves_training_images_to_every_position_equally():
+def test_random_shift_moves_training_images_to_every_position():
     from fashion_keras.layers import RandomShift
     from fashion_keras.shift import moved
 

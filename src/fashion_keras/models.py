@@ -274,8 +274,8 @@ def build_cnn(
         random_translation: shift training images by up to this fraction of their height
             and width (`RandomTranslation`, whole pixels, zero fill); 0 for none.
         random_shift: move training images by up to this many whole pixels each way
-            (`fashion_keras.layers.RandomShift`: what `random_translation` does, at a
-            fraction of its cost on a CPU); 0 for none.
+            (`fashion_keras.layers.RandomShift`: what `random_translation` does, for about
+            half its time on a CPU); 0 for none.
         random_flip: `RandomFlip` mode for training images: None, `"horizontal"`,
             `"vertical"` or `"horizontal_and_vertical"`.
         random_erasing: probability that a training image gets one rectangle (each side
