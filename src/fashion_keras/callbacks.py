@@ -22,12 +22,10 @@ from fashion_keras.errors import raise_pending_interrupt
 
 class RaisePendingInterrupt(keras.callbacks.Callback):
     """Stops `fit` after the batch on a Ctrl-C or SIGTERM whose exception Python swallowed
-    (see `fashion_keras.errors.on_signal`)."""
+    (see `fashion_keras.errors.on_signal`); one swallowed after the last batch is
+    `fashion_keras.train.resumable`'s to raise, as `fit` returns."""
 
     def on_train_batch_end(self, batch, logs=None):
-        raise_pending_interrupt()
-
-    def on_train_end(self, logs=None):
         raise_pending_interrupt()
 
 
