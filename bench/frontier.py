@@ -479,7 +479,9 @@ def main(argv=None):
 
     contenders = {}
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = args.runs or tmp  # where the runs go: kept with --runs, else removed at the end
+        # Where the runs go: kept with --runs, else removed at the end. Absolute, because the
+        # contenders run from the repository root and a relative --runs means the caller's.
+        tmp = Path(args.runs or tmp).resolve()
         for key in args.contenders:
             name = CONTENDERS[key]
             if key == "project":
