@@ -220,6 +220,8 @@ def run_curve(key, seconds, seed, train_limit, tmp):
     past_budget_s = 1.2 * seconds + 60
     status, wall, _, tail = run_child(command, name, limit_s=past_budget_s)
     curve = json.loads(out.read_text())["curve"] if out.exists() else []
+    if not status and not out.exists():
+        print(f"{name}: exit 0 but no curve in {out}", file=sys.stderr)
     stopped = status == -9  # by the watchdog: what follows would all be past the budget
     print(
         f"{name}: {len(curve)} epoch(s) in {clock(wall)}, "
@@ -248,6 +250,8 @@ def run_project(seconds, seed, preset, overrides, train_limit, tmp):
     run.update(result_s=result_s, metrics=None)
     metrics_file = output / "metrics.json"
     if status or not metrics_file.exists() or result_s is None:
+        if not status:
+            print(f"{label}: exit 0 but no result in {metrics_file}", file=sys.stderr)
         return {**run, "stderr_tail": tail}
     metrics = json.loads(metrics_file.read_text())
     keys = ("test_accuracy", "test_loss", "process_wall_time_s", "epochs", "train_images_per_s")
