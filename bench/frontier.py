@@ -250,8 +250,9 @@ def run_project(seconds, seed, preset, overrides, train_limit, tmp):
     run.update(result_s=result_s, metrics=None)
     metrics_file = output / "metrics.json"
     if status or not metrics_file.exists() or result_s is None:
-        if not status:
-            print(f"{label}: exit 0 but no result in {metrics_file}", file=sys.stderr)
+        if not status:  # what is missing, so that a bench bug does not read as a failed run
+            missing = f"no {metrics_file}" if not metrics_file.exists() else "no test result line"
+            print(f"{label}: exit 0 but {missing}", file=sys.stderr)
         return {**run, "stderr_tail": tail}
     metrics = json.loads(metrics_file.read_text())
     keys = ("test_accuracy", "test_loss", "process_wall_time_s", "epochs", "train_images_per_s")
