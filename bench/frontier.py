@@ -258,8 +258,12 @@ def run_project(seconds, seed, preset, overrides, train_limit, tmp):
     keys = ("test_accuracy", "test_loss", "process_wall_time_s", "epochs", "train_images_per_s")
     run["metrics"] = {key: metrics.get(key) for key in keys}
     run["plan"] = metrics.get("plan")
-    # What a recipe is chosen on: the validation accuracy of the epoch the run kept.
-    run["val_accuracy"] = rundir.read_history(output / "history.csv")[-1]["val_accuracy"]
+    # What a recipe is chosen on: the validation accuracy of the network the run evaluated
+    # (older runs recorded none: their kept epoch's, the same network then).
+    run["val_accuracy"] = (
+        metrics.get("val_accuracy")
+        or (rundir.read_history(output / "history.csv")[-1]["val_accuracy"])
+    )
     print(
         f"{label}: {metrics['test_accuracy']:.4f} at {clock(result_s)} "
         f"(validation {run['val_accuracy']:.4f}; "

@@ -238,6 +238,13 @@ def test_the_plan_on_known_speeds(monkeypatch, tmp_path):
     assert plan.seconds_per_epoch == 0.7 and plan.final_s == 3.4
     assert plan.epochs == 106
     assert plan.expected_end_s == round(20 + 106 * 0.7 + 3.4, 1) <= 100
+    # With test-time moves the final network predicts five views of each image: the test
+    # and the temperature's pass take 7.5 s, and the end 1.5 * (7.5 + 0.1) + 1 = 12.4 s.
+    moves = load_config("baseline", ["training.time_budget_s=100", "model.test_time_shift=1"])
+    plan = budget.plan_epochs(
+        model, moves, (x, y), (x[:500], y[:500]), 1000, 128, tmp_path, elapsed_s=lambda: 20.0
+    )
+    assert plan.final_s == 12.4 and plan.epochs < 106
 
 
 def test_one_slow_measure_is_measured_again_before_a_refusal(monkeypatch, tmp_path):

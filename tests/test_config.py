@@ -15,9 +15,10 @@ def test_shipped_presets_hold_the_tutorial_recipe():
         assert config.training.epochs == 20 and config.training.time_budget_s is None
     assert load_config("fast").training.time_budget_s == 45
     assert load_config("improved").training.time_budget_s == 1800
-    # `fast` for 5 minutes, with its training images moved: nothing else differs.
+    # `fast` for 5 minutes, with its training and test images moved: nothing else differs.
     shifted = load_config("fast_shifted", ["training.time_budget_s=45"])
-    assert shifted.model == {**load_config("fast").model, "random_shift": 2}
+    moves = {"random_shift": 2, "test_time_shift": 1}
+    assert shifted.model == {**load_config("fast").model, **moves}
     assert shifted.training == load_config("fast").training
     for name in ("fast", "fast_shifted", "improved"):
         assert load_config(name).run_name == name

@@ -1,5 +1,6 @@
 """Exports run by their own runtimes agree with Keras: SavedModel, ONNX and LiteRT, for the
-tutorial network, its dropout variant and the improved network, on 1,000 real test images."""
+tutorial network, its dropout variant, the improved network and a network with test-time
+moves, on 1,000 real test images."""
 
 import sys
 
@@ -18,7 +19,10 @@ from conftest import SMOKE
 pytest.importorskip("onnxruntime", reason="the export extra is not installed")
 pytest.importorskip("ai_edge_litert", reason="the export extra is not installed")
 
-VARIANTS = ("baseline", "dropout", "improved")
+VARIANTS = ("baseline", "dropout", "improved", "moves")
+# The network of the `fast` presets, predicting each image also moved and mirrored.
+MOVES = {"variant": "baseline", "filters": (32, 64), "downsample": "strides",
+         "test_time_flip": True, "test_time_shift": 1}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +38,7 @@ def trained(images):
     models = {}
     keras.utils.set_random_seed(0)  # the same models every run
     for variant in VARIANTS:
-        model = build_model(variant)
+        model = build_model(**MOVES) if variant == "moves" else build_model(variant)
         model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         model.fit(x_train, y_train, batch_size=32, epochs=2, verbose=0)
         models[variant] = model

@@ -135,6 +135,21 @@ def test_test_time_flip_averages_each_image_with_its_mirror_outside_training():
     assert not np.allclose(_np(model(images)), _np(plain(images)), rtol=1e-3)
 
 
+def test_test_time_shift_averages_each_image_with_its_moves_and_their_mirrors():
+    from fashion_keras.shift import moved
+
+    model = build_cnn(filters=(4, 8), units=8, test_time_flip=True, test_time_shift=2)
+    plain = build_cnn(filters=(4, 8), units=8)
+    plain.set_weights(model.get_weights())
+    images = np.random.default_rng(0).random((5, 28, 28, 1)).astype("float32")
+    moves = [(0, 0), (2, 0), (-2, 0), (0, 2), (0, -2)]  # (down, right)
+    views = [moved(images, down, right) for down, right in moves]
+    views += [view[:, :, ::-1] for view in views]
+    expected = np.mean([plain.predict(view, verbose=0) for view in views], axis=0)
+    np.testing.assert_allclose(model.predict(images, verbose=0), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(_np(model(images, training=True)), _np(plain(images)), rtol=1e-6)
+
+
 def test_shift_images_moves_each_image_as_the_data_shift_does():
     from fashion_keras.layers import shift_images
     from fashion_keras.shift import moved
@@ -192,6 +207,8 @@ def test_random_erasing_overwrites_one_rectangle_per_training_image():
         ({"random_flip": "sideways"}, "random_flip must be one of (None, 'horizontal'"),
         ({"random_shift": 1.5}, "random_shift must be an integer of at least 0"),
         ({"random_shift": 14}, "random_shift must move images by less than half their size"),
+        ({"test_time_shift": -1}, "test_time_shift must be an integer of at least 0"),
+        ({"test_time_shift": 14}, "test_time_shift must move images by less than half their"),
         ({"random_erasing": 1.5}, "random_erasing must be a probability in [0, 1]"),
         ({"random_erasing": "0.5"}, "random_erasing must be a probability in [0, 1]"),
         ({"downsample": "avg_pool"}, "downsample must be one of ('max_pool', 'strides')"),

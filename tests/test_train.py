@@ -98,6 +98,30 @@ def test_improved_preset_trains_saves_and_reloads(tmp_path):
     )
 
 
+@pytest.mark.slow
+def test_test_time_moves_are_in_the_final_network_only(tmp_path):
+    overrides = [*SMOKE, "model.test_time_shift=1", "training.precision=float32"]
+    result = train(load_config("baseline", overrides), tmp_path / "run", verbose=0)
+    _, (x_val, y_val), (x_test, y_test) = load_data(train_limit=1000, eval_limit=500)
+    saved = load_model(result.run_dir / "model.keras")
+    assert "add_moves" in [layer.name for layer in saved.layers]
+    trained = build_cnn()  # the network without the moves, with the trained weights
+    trained.set_weights(saved.get_weights())
+    trained.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    final_loss = saved.evaluate(x_val, y_val, verbose=0)[0]
+    # Every epoch validated the network without the moves; the test, the validation
+    # accuracy and the temperature are the final network's.
+    val_loss = result.history["val_loss"].iloc[-1]
+    assert val_loss == pytest.approx(trained.evaluate(x_val, y_val, verbose=0), rel=1e-5)
+    assert abs(val_loss - final_loss) > 1e-3
+    assert result.metrics["test_accuracy"] == pytest.approx(
+        saved.evaluate(x_test, y_test, verbose=0)[1]
+    )
+    logits = saved.predict(x_val, verbose=0)
+    assert result.metrics["val_accuracy"] == np.mean(logits.argmax(1) == y_val)
+    assert result.metrics["temperature"] == pytest.approx(fit_temperature(logits, y_val))
+
+
 def test_run_config_spells_out_the_network_and_guards_resumes(tmp_path):
     config = load_config("improved", ["training.epochs=30", "training.time_budget_s=null"])
     run_dir = tmp_path / "run"

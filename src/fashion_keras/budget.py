@@ -31,6 +31,7 @@ import numpy as np
 from fashion_keras import files
 from fashion_keras.callbacks import WSD_COOLDOWN, AnnealLearningRate, StopAtStep, wsd_anneal_start
 from fashion_keras.data import make_dataset
+from fashion_keras.layers import AddMoves
 from fashion_keras.rundir import RunError
 
 WARMUP_STEPS = 40  # timed training batches (the first few, which trace, are not counted)
@@ -106,7 +107,8 @@ def plan_epochs(
         )
         train_s, fixed_s = steps * seconds_per_step, validation_s + writes_s
         # The test evaluation, the validation logits the temperature is fitted on, the writes.
-        final_s = FINAL_MARGIN * (validation_s * (1 + test_size / len(validation[0])) + writes_s)
+        evaluations_s = validation_s * final_views(config) * (1 + test_size / len(validation[0]))
+        final_s = FINAL_MARGIN * (evaluations_s + writes_s)
         final_s += EXIT_S
         now = elapsed_s()
         epochs = epochs_within(budget_s - now - final_s, train_s, fixed_s)
@@ -134,6 +136,12 @@ def plan_epochs(
         final_s=round(final_s, 3),
         warmup_epochs=warmup,
     )
+
+
+def final_views(config):
+    """How many views of each image the run's final network predicts for every one its
+    training network validated: 5 with `model.test_time_shift` (see `train.kept_model`)."""
+    return 1 + len(AddMoves.MOVES) if config.model.get("test_time_shift") else 1
 
 
 def replan(plan, now_s, epoch_s, epochs_done, at_least=None, at_most=math.inf):

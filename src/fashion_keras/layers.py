@@ -1,4 +1,5 @@
-"""The project's layers: batch normalisation on TensorFlow's fused kernel, and test-time flips.
+"""The project's layers: batch normalisation on TensorFlow's fused kernel, test-time views
+(mirrors and moves), and random whole-pixel moves.
 
 Import this module before `keras.saving.load_model` on a model that uses them.
 
@@ -11,6 +12,8 @@ results are Keras' own (to float rounding), so weights move freely between the t
 
 `AddMirrors` and `AverageMirrors`: outside training, the network also sees each image's
 horizontal mirror, and outputs the mean of the two results (`build_cnn(test_time_flip=True)`).
+`AddMoves` and `AverageViews` do the same with each image moved by whole pixels down, up,
+right and left: five views (`build_cnn(test_time_shift=1)`).
 
 On JAX and PyTorch every layer here runs Keras' own ops, so a model saved on one backend
 loads and predicts the same on the others.
@@ -96,10 +99,81 @@ class AddMirrors(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="fashion_keras")
-class AverageMirrors(keras.layers.Layer):
-    """Outside training, averages each output with its mirror's (see `AddMirrors`).
+class AddMoves(keras.layers.Layer):
+    """Outside training, appends each image moved by `pixels` down, up, right and left.
 
-    The batch of 2n outputs becomes n again. In training it passes the batch through unchanged.
+    The batch of n images becomes 5n: the images, then the four moves in that order, each
+    in the images' order; the gap a move leaves is filled with 0 (the background). Pair it
+    with `AverageViews(5)` after the network's output. In training it passes the batch
+    through unchanged.
+    """
+
+    MOVES = ((1, 0), (-1, 0), (0, 1), (0, -1))  # (down, right), in units of `pixels`
+
+    def __init__(self, pixels=1, **kwargs):
+        super().__init__(**kwargs)
+        self.pixels = pixels
+
+    def call(self, images, training=None):
+        if training:
+            return images
+        p = self.pixels
+        views = [images, *(_moved(images, down * p, right * p) for down, right in self.MOVES)]
+        return keras.ops.concatenate(views, axis=0)
+
+    def compute_output_shape(self, input_shape):
+        return (None, *input_shape[1:])  # n images, or 5n outside training
+
+    def get_config(self):
+        return {**super().get_config(), "pixels": self.pixels}
+
+
+def _moved(images, down, right):
+    """Images (n, h, w, c) moved by whole pixels (negative: up, left), the gap filled with 0."""
+    height, width = images.shape[1], images.shape[2]
+    padded = keras.ops.pad(
+        images, [[0, 0], [max(down, 0), max(-down, 0)], [max(right, 0), max(-right, 0)], [0, 0]]
+    )
+    top, left = max(-down, 0), max(-right, 0)
+    return padded[:, top : top + height, left : left + width]
+
+
+@keras.saving.register_keras_serializable(package="fashion_keras")
+class AverageViews(keras.layers.Layer):
+    """Outside training, averages the outputs of each image's `views` (see `AddMoves`).
+
+    The batch of `views` * n outputs, each view's n in the images' order, becomes n again.
+    In training it passes the batch through unchanged.
+
+    Example:
+        >>> x = AddMoves(1)(inputs)  # 5 views
+        >>> ...  # the network, to logits
+        >>> outputs = AverageViews(5)(logits)
+    """
+
+    def __init__(self, views=2, **kwargs):
+        super().__init__(**kwargs)
+        self.views = views
+
+    def call(self, outputs, training=None):
+        if training:
+            return outputs
+        # (views * n, k) -> (views, n, k). A reshape, not slices at n, so that the batch size
+        # may stay unknown on every backend and exporter.
+        grouped = keras.ops.reshape(outputs, (self.views, -1, *outputs.shape[1:]))
+        return keras.ops.mean(grouped, axis=0)
+
+    def compute_output_shape(self, input_shape):
+        return (None, *input_shape[1:])
+
+    def get_config(self):
+        return {**super().get_config(), "views": self.views}
+
+
+@keras.saving.register_keras_serializable(package="fashion_keras")
+class AverageMirrors(AverageViews):
+    """Outside training, averages each output with its mirror's (see `AddMirrors`):
+    `AverageViews(2)`, under the name models saved with `test_time_flip` use.
 
     Example:
         >>> x = AddMirrors()(inputs)
@@ -107,16 +181,9 @@ class AverageMirrors(keras.layers.Layer):
         >>> outputs = AverageMirrors()(logits)
     """
 
-    def call(self, outputs, training=None):
-        if training:
-            return outputs
-        # (2n, k) -> (2, n, k): the images' outputs, then their mirrors'. A reshape, not a
-        # slice at n, so that the batch size may stay unknown on every backend and exporter.
-        pairs = keras.ops.reshape(outputs, (2, -1, *outputs.shape[1:]))
-        return keras.ops.mean(pairs, axis=0)
-
-    def compute_output_shape(self, input_shape):
-        return (None, *input_shape[1:])
+    def __init__(self, **kwargs):
+        kwargs.pop("views", None)  # always 2
+        super().__init__(views=2, **kwargs)
 
 
 @keras.saving.register_keras_serializable(package="fashion_keras")

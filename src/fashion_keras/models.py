@@ -167,6 +167,7 @@ def _validate(
     random_flip,
     random_erasing,
     test_time_flip,
+    test_time_shift,
     name,
 ):
     check_int("input_shape", input_shape, minimum=1, several=True)
@@ -206,12 +207,13 @@ def _validate(
             "random_translation must be a fraction of the image size in [0, 1). "
             f"Received: random_translation={random_translation!r}"
         )
-    check_int("random_shift", random_shift, minimum=0)
-    if 2 * random_shift >= min(_as_tuple(input_shape)[:2]):
-        raise UserError(
-            "random_shift must move images by less than half their size. "
-            f"Received: random_shift={random_shift!r} for input_shape={input_shape!r}"
-        )
+    for option, pixels in (("random_shift", random_shift), ("test_time_shift", test_time_shift)):
+        check_int(option, pixels, minimum=0)
+        if 2 * pixels >= min(_as_tuple(input_shape)[:2]):
+            raise UserError(
+                f"{option} must move images by less than half their size. "
+                f"Received: {option}={pixels!r} for input_shape={input_shape!r}"
+            )
     if not _is_number(random_erasing) or not 0 <= random_erasing <= 1:
         raise UserError(
             "random_erasing must be a probability in [0, 1]. "
@@ -244,6 +246,7 @@ def build_cnn(
     random_flip=None,
     random_erasing=0.0,
     test_time_flip=False,
+    test_time_shift=0,
     name="cnn",
 ):
     """The generic CNN: conv blocks, then dense layers, then a linear classifier.
@@ -254,7 +257,7 @@ def build_cnn(
     `Dense(units)` + ReLU, and `Dense(num_classes)`. Kernels use Glorot-uniform
     initialisation (Keras' default). Optional augmentation layers come first; like
     Dropout they act only in training, so `predict` and `evaluate` see the plain images
-    (and, with `test_time_flip`, their mirrors too).
+    (and, with `test_time_flip` or `test_time_shift`, their mirrors or moves too).
 
     Args:
         input_shape: image shape, (height, width, channels).
@@ -283,6 +286,10 @@ def build_cnn(
         test_time_flip: outside training (`predict`, `evaluate`, validation), output the
             mean of the logits for each image and for its horizontal mirror; twice the
             inference work. Training is unchanged.
+        test_time_shift: outside training, also average the logits of each image moved
+            by this many pixels down, up, right and left (`fashion_keras.layers.AddMoves`);
+            0 for none. Five times the inference work (ten with `test_time_flip`), and so
+            a longer validation pass each epoch.
         name: the model's name.
 
     Returns:
@@ -297,7 +304,9 @@ def build_cnn(
 
     from fashion_keras.layers import (
         AddMirrors,
+        AddMoves,
         AverageMirrors,
+        AverageViews,
         FusedBatchNormalization,
         RandomShift,
     )
@@ -330,6 +339,8 @@ def build_cnn(
         x = layers.RandomErasing(
             (random_erasing, random_erasing), value_range=(0, 1), name="random_erasing"
         )(x)
+    if test_time_shift:
+        x = AddMoves(test_time_shift, dtype="float32", name="add_moves")(x)
     if test_time_flip:
         x = AddMirrors(dtype="float32", name="add_mirrors")(x)
     for i, (block_filters, convs) in enumerate(zip(filters, convs_per_block, strict=True), start=1):
@@ -361,6 +372,8 @@ def build_cnn(
     outputs = layers.Dense(num_classes, dtype="float32", name="logits")(x)
     if test_time_flip:
         outputs = AverageMirrors(dtype="float32", name="average_mirrors")(outputs)
+    if test_time_shift:
+        outputs = AverageViews(5, dtype="float32", name="average_moves")(outputs)
     return keras.Model(inputs, outputs, name=name)
 
 
