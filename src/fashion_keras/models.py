@@ -288,8 +288,9 @@ def build_cnn(
             inference work. Training is unchanged.
         test_time_shift: outside training, also average the logits of each image moved
             by this many pixels down, up, right and left (`fashion_keras.layers.AddMoves`);
-            0 for none. Five times the inference work (ten with `test_time_flip`), and so
-            a longer validation pass each epoch.
+            0 for none. Five times the inference work (ten with `test_time_flip`): `train`
+            validates each epoch without the moves and adds them to the network it
+            evaluates and saves.
         name: the model's name.
 
     Returns:
