@@ -4,6 +4,7 @@ import dataclasses
 import json
 import math
 import time
+import types
 
 import keras
 import numpy as np
@@ -14,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fashion_keras import budget
-from fashion_keras.callbacks import AnnealLearningRate, wsd_anneal_start
+from fashion_keras.callbacks import AnnealLearningRate, EpochTimer, wsd_anneal_start
 from fashion_keras.config import load_config
 from fashion_keras.rundir import RunError
 from fashion_keras.train import compile_model, train
@@ -75,6 +76,33 @@ def test_re_planning_fills_the_time_left_at_the_measured_pace():
     assert (again.epochs, again.first_epochs, again.previous_epochs) == (7.0, 5, 7.35)
     assert budget.describe(again).startswith("Re-planned after epoch 3, at 50.0 s")
     assert budget.replan(plan, 95.0, 9.5, 3, at_least=3.51).epochs == 3.51  # not one more
+
+
+def test_re_planning_takes_a_validation_pass_and_the_end_from_the_runs_own_passes():
+    # The first measure said 1 s a validation pass, and an end of 1.5 x (3 x 1 + 0.5) + 1 =
+    # 6.25 s; the run's passes took 0.5 s: an end of 4 s, epochs of 9 + 1 s, and 65.5 s left
+    # (63.54 s at 97%): 6 whole epochs and 0.28 of a 7th after the warm-up. With the first
+    # measure: epochs of 8.5 + 1.5 s and 61.35 s, so 6 whole ones and no time for a part.
+    first = _plan(final_passes=3.0, final_s=6.25)
+    plan = budget.replan(first, now_s=30.0, epoch_s=9.5, epochs_done=1, validation_s=0.5)
+    assert (plan.validation_s, plan.final_s, plan.epochs) == (0.5, 4.0, 7.28)
+    assert budget.replan(first, 30.0, 9.5, 1).epochs == 7.0  # the first measure's reserve
+    # A plan from before `final_passes` was recorded keeps its reserve.
+    assert budget.replan(_plan(), 30.0, 9.5, 1, validation_s=0.5).final_s == 3.0
+
+
+def test_the_re_plan_times_the_fits_validation_passes(monkeypatch):
+    ticks = iter(np.arange(0.0, 100.0, 0.25))  # each reading of the clock, 0.25 s later
+    monkeypatch.setattr(budget, "time", types.SimpleNamespace(perf_counter=lambda: next(ticks)))
+    recorded = []
+    replan = budget.Replan(_plan(final_passes=3.0, final_s=6.25), lambda: 30.0, recorded.append, 1)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    x = np.zeros((8, 2), "float32")
+    model.fit(
+        x, x[:, :1], validation_data=(x, x[:, :1]), callbacks=[EpochTimer(), replan], verbose=0
+    )
+    assert recorded[0].validation_s == 0.25 and recorded[0].final_s == 2.875
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,8 @@ fit one epoch is refused before training.
 That first measure is of a few batches. With `training.warmup_epochs`, whose rising rate
 does not depend on the horizon, the epochs are planned again once the warm-up has run, from
 its measured epochs (validation and all) and the time actually left, so that a run uses its
-budget rather than a margin for the first guess (`replan`).
+budget rather than a margin for the first guess (`replan`). A re-plan also takes the time of
+a validation pass, and with it the reserve for the test, from the passes the run has made.
 
 The budget counts what the caller's clock counts: from the call of `train()` in Python, and
 from process start on the command line.
@@ -58,6 +59,7 @@ class Plan:
     expected_end_s: float  # when the test result is expected, on the run's clock
     train_images_per_s: float
     final_s: float = 0.0  # the test evaluation, the temperature, the final writes, the exit
+    final_passes: float | None = None  # what the end predicts, in validation passes
     warmup_epochs: int = 0  # planned again after these (see `replan`)
     first_epochs: float | None = None  # the epochs planned before the warm-up, once re-planned
     previous_epochs: float | None = None  # the epochs planned before the latest re-plan
@@ -106,10 +108,9 @@ def plan_epochs(
             model, config, train_data, validation, global_batch, scratch_dir
         )
         train_s, fixed_s = steps * seconds_per_step, validation_s + writes_s
-        # The test evaluation, the validation logits the temperature is fitted on, the writes.
-        evaluations_s = validation_s * final_views(config) * (1 + test_size / len(validation[0]))
-        final_s = FINAL_MARGIN * (evaluations_s + writes_s)
-        final_s += EXIT_S
+        # The test evaluation and the validation logits the temperature is fitted on.
+        final_passes = final_views(config) * (1 + test_size / len(validation[0]))
+        final_s = final_seconds(validation_s, final_passes, writes_s)
         now = elapsed_s()
         epochs = epochs_within(budget_s - now - final_s, train_s, fixed_s)
         if epochs >= warmup + 1:
@@ -134,8 +135,15 @@ def plan_epochs(
         expected_end_s=round(now + seconds_for(epochs, train_s, fixed_s) + final_s, 1),
         train_images_per_s=round(global_batch / seconds_per_step, 1),
         final_s=round(final_s, 3),
+        final_passes=round(final_passes, 4),
         warmup_epochs=warmup,
     )
+
+
+def final_seconds(validation_s, final_passes, writes_s):
+    """The reserve for the end: `final_passes` validation passes' worth of predicting and
+    the final writes, `FINAL_MARGIN` times, and the exit."""
+    return FINAL_MARGIN * (validation_s * final_passes + writes_s) + EXIT_S
 
 
 def final_views(config):
@@ -144,13 +152,21 @@ def final_views(config):
     return 1 + len(AddMoves.MOVES) if config.model.get("test_time_shift") else 1
 
 
-def replan(plan, now_s, epoch_s, epochs_done, at_least=None, at_most=math.inf):
+def replan(plan, now_s, epoch_s, epochs_done, at_least=None, at_most=math.inf, validation_s=None):
     """`plan` made again after `epochs_done` epochs, `now_s` seconds into the run.
 
     `epoch_s` is what an epoch took lately (training and validation); with the epoch's
     writes, that is the pace of the epochs to come. The plan stays within `at_least`
     epochs (default: one more, which the annealed rate needs after a warm-up) and `at_most`.
+    `validation_s`, what the run's validation passes took, replaces the first measure of
+    one, in the epochs and in the reserve for the end: a burst of noise during that single
+    measure doubled the reserve of a 5-minute run (docs/results.md, 2026-12-03).
     """
+    if validation_s is not None and plan.final_passes is not None:
+        final_s = final_seconds(validation_s, plan.final_passes, plan.writes_s)
+        plan = dataclasses.replace(
+            plan, validation_s=round(validation_s, 3), final_s=round(final_s, 3)
+        )
     train_s, fixed_s = epoch_s - plan.validation_s, plan.validation_s + plan.writes_s
     left_s = plan.time_budget_s - now_s - plan.writes_s - plan.final_s  # this epoch's commit
     epochs = epochs_done + epochs_within(left_s, train_s, fixed_s)
@@ -182,7 +198,8 @@ class Replan(keras.callbacks.Callback):
     Put it before `fashion_keras.callbacks.RunState` and after `EpochTimer`, whose
     `epoch_time` it reads; `follow()` the run's callbacks so that the schedule and the stop
     move with the plan. A run killed between the record and the commit starts that epoch
-    again with the new plan: its rates so far are the same whatever the horizon.
+    again with the new plan: its rates so far are the same whatever the horizon. It times
+    the fit's validation passes too: their median is the plan's new `validation_s`.
 
     Args:
         plan: the `Plan` in force.
@@ -198,24 +215,36 @@ class Replan(keras.callbacks.Callback):
         self.plan, self.elapsed_s, self.record = plan, elapsed_s, record
         self.steps_per_epoch, self.wsd = steps_per_epoch, wsd
         self.most_epochs = most_epochs or math.inf
-        self.epoch_times, self.followers = [], []
+        self.epoch_times, self.validation_times, self.followers = [], [], []
 
     def follow(self, callbacks):
         """Moves the `total_steps` of these callbacks (the schedule, the stop) with the plan."""
         self.followers = [c for c in callbacks if isinstance(c, (AnnealLearningRate, StopAtStep))]
+
+    def on_test_begin(self, logs=None):
+        self.validation_started = time.perf_counter()
+
+    def on_test_end(self, logs=None):
+        self.validation_times.append(time.perf_counter() - self.validation_started)
 
     def on_epoch_end(self, epoch, logs=None):
         self.epoch_times.append(logs["epoch_time"])
         done, warmup = epoch + 1, self.plan.warmup_epochs
         if self.model.stop_training or done < warmup:
             return
+        measured = {}
+        if self.validation_times:  # none when the fit does not validate
+            measured["validation_s"] = float(np.median(self.validation_times))
         if done == warmup:  # the warm-up's epochs, as they ran
-            new = replan(self.plan, self.elapsed_s(), float(np.mean(self.epoch_times)), done)
+            pace = float(np.mean(self.epoch_times))
+            new = replan(self.plan, self.elapsed_s(), pace, done, **measured)
         elif self.wsd and done * self.steps_per_epoch < self._anneal_start(self.plan):
             # The new horizon's anneal must not have begun yet either.
             at_least = math.ceil(100 * (warmup + (done - warmup) / (1 - WSD_COOLDOWN)) + 1) / 100
             pace = float(np.mean(self.epoch_times[-3:]))  # the machine's speed of late
-            new = replan(self.plan, self.elapsed_s(), pace, done, at_least, self.most_epochs)
+            new = replan(
+                self.plan, self.elapsed_s(), pace, done, at_least, self.most_epochs, **measured
+            )
         else:
             return
         if new.epochs != self.plan.epochs or self.plan.replanned_at_s is None:
