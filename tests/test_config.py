@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from fashion_keras.config import ConfigError, dump_config, from_dict, list_presets, load_config
@@ -15,11 +17,14 @@ def test_shipped_presets_hold_the_tutorial_recipe():
         assert config.training.epochs == 20 and config.training.time_budget_s is None
     assert load_config("fast").training.time_budget_s == 45
     assert load_config("improved").training.time_budget_s == 1800
-    # `fast` for 5 minutes, with its training and test images moved: nothing else differs.
+    # `fast` for 5 minutes, with its training and test images moved and without its label
+    # smoothing: nothing else differs.
     shifted = load_config("fast_shifted", ["training.time_budget_s=45"])
     moves = {"random_shift": 2, "test_time_shift": 1}
     assert shifted.model == {**load_config("fast").model, **moves}
-    assert shifted.training == load_config("fast").training
+    fast = load_config("fast").training
+    assert fast.label_smoothing == 0.1
+    assert shifted.training == dataclasses.replace(fast, label_smoothing=0.0)
     for name in ("fast", "fast_shifted", "improved"):
         assert load_config(name).run_name == name
         assert load_config(name).training.epochs is None
@@ -86,6 +91,11 @@ def test_overrides_are_typed_and_nested():
         ({"training": {"batch_size": 0}}, "training.batch_size must be at least 1"),
         ({"training": {"learning_rate": 0}}, "training.learning_rate must be greater than 0"),
         ({"training": {"learning_rate": -1e-3}}, "training.learning_rate must be greater than 0"),
+        (
+            {"training": {"label_smoothing": 1}},
+            "training.label_smoothing must be at least 0 and less than 1",
+        ),
+        ({"training": {"label_smoothing": -0.1}}, "training.label_smoothing must be at least 0"),
         ({"data": {"train_limit": 60000}}, "data.train_limit must be between 10 and 55000"),
         ({"data": {"eval_limit": 5}}, "data.eval_limit must be between 10 and 5000"),
         (

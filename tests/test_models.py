@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from fashion_keras import build_cnn, build_model, list_models
+from fashion_keras.losses import SmoothedSparseCrossentropy
 
 from conftest import tensorflow_only
 
@@ -333,3 +334,20 @@ def test_loading_without_our_layers_names_the_import_that_fixes_it(tmp_path):
         load_model(tmp_path / "m.keras").predict(images, verbose=0),
         model.predict(images, verbose=0),
     )
+
+
+def test_label_smoothing_spreads_each_target_over_the_other_classes():
+    logits = np.random.default_rng(0).normal(size=(6, 10)).astype("float32")
+    labels = np.array([0, 3, 9, 1, 1, 5])
+    sparse = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(labels, logits)
+    assert _np(SmoothedSparseCrossentropy(0.0)(labels, logits)) == pytest.approx(_np(sparse))
+    targets = np.full((6, 10), 0.01)  # 0.1 / 10 classes
+    targets[np.arange(6), labels] = 0.91  # 1 - 0.1 + 0.1 / 10
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_softmax = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    expected = -np.mean(np.sum(targets * log_softmax, axis=1))
+    smoothed = SmoothedSparseCrossentropy(0.1)
+    assert _np(smoothed(labels, logits)) == pytest.approx(expected, rel=1e-5)
+    assert _np(smoothed(labels[:, None], logits)) == pytest.approx(expected, rel=1e-5)
+    restored = SmoothedSparseCrossentropy.from_config(smoothed.get_config())
+    assert restored.label_smoothing == 0.1

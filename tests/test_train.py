@@ -98,6 +98,24 @@ def test_improved_preset_trains_saves_and_reloads(tmp_path):
     )
 
 
+def test_label_smoothing_trains_and_stays_with_the_saved_model(tmp_path):
+    config = load_config("baseline", [*SMOKE, "training.label_smoothing=0.2"])
+    result = train(config, tmp_path / "smoothed", verbose=0)
+    saved = load_model(result.run_dir / "model.keras")
+    assert saved.loss.label_smoothing == 0.2
+    _, (x_val, y_val), (x_test, y_test) = load_data(train_limit=1000, eval_limit=500)
+    smoothed = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.2)
+    logits = saved.predict(x_val, verbose=0)
+    assert saved.evaluate(x_val, y_val, verbose=0)[0] == pytest.approx(
+        float(smoothed(keras.ops.one_hot(y_val, 10), logits)), rel=1e-4
+    )
+    # The test loss the run reports is the plain cross-entropy, as without smoothing.
+    plain = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    test_loss = float(plain(y_test, saved.predict(x_test, verbose=0)))
+    assert result.metrics["test_loss"] == pytest.approx(test_loss, rel=1e-4)
+    assert evaluate_run(result.run_dir)["test_loss"] == pytest.approx(test_loss, rel=1e-4)
+
+
 @pytest.mark.slow
 def test_test_time_moves_are_in_the_final_network_only(tmp_path):
     overrides = [*SMOKE, "model.test_time_shift=1", "training.precision=float32"]

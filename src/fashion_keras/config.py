@@ -49,6 +49,8 @@ class TrainingConfig:
     # time budget, the epochs are planned again once they have run (their measured time)
     lr_horizon_epochs: float | None = None  # the epochs lr_schedule anneals over, when not
     # `epochs` (a time budget's deadline stopped the run before its schedule ended)
+    label_smoothing: float = 0.0  # each training target spread over the other classes:
+    # 1 - s + s/10 on the true class, s/10 on the others (losses.SmoothedSparseCrossentropy)
     early_stopping_patience: int | None = None  # stop after N epochs without a better
     # val_loss, and keep the best epoch's weights (from best.keras); None: run all epochs
     deterministic: bool = False  # TF op determinism: bit-identical reruns on CPU
@@ -201,6 +203,12 @@ def _check_ranges(config):
         ),
         ("training.batch_size", t.batch_size, t.batch_size >= 1, "at least 1"),
         ("training.learning_rate", t.learning_rate, t.learning_rate > 0, "greater than 0"),
+        (
+            "training.label_smoothing",
+            t.label_smoothing,
+            0 <= t.label_smoothing < 1,
+            "at least 0 and less than 1 (0: no smoothing; 0.1 is usual)",
+        ),
         (
             "training.steps_per_execution",
             t.steps_per_execution,

@@ -138,6 +138,7 @@ def load_model(path):
     import keras
 
     import fashion_keras.layers  # noqa: F401  (registers the project's layers)
+    import fashion_keras.losses  # noqa: F401  (and its loss)
 
     return keras.saving.load_model(path, safe_mode=True)
 

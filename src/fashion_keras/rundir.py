@@ -22,6 +22,7 @@ from pathlib import Path
 from fashion_keras import files
 from fashion_keras.errors import UserError
 
+PLAIN_LOSS = "crossentropy"  # the metric that keeps the unsmoothed loss (train.metrics_for)
 SCRATCH = ".budget.part"  # the budget's warm-up writes here (see fashion_keras.budget)
 # The files a run writes, in the run directory and in its backup (as regular expressions).
 RUN_FILES = r"config\.yaml|plan\.json|history\.csv|best\.keras|model\.keras|metrics\.json"
@@ -243,6 +244,14 @@ def load_run_model(run_dir, data_dir=None, checkpoint="model.keras"):
     return load_model(path), x_test, y_test
 
 
+def scores(model, x, y, batch_size):
+    """`(loss, accuracy)` of a compiled `model` on `(x, y)`. The loss is the plain
+    cross-entropy, also for a model trained with label smoothing: its compiled loss is
+    smoothed, and its `PLAIN_LOSS` metric is not."""
+    result = model.evaluate(x, y, batch_size=batch_size, verbose=0, return_dict=True)
+    return result.get(PLAIN_LOSS, result["loss"]), result["accuracy"]
+
+
 def evaluate_run(run_dir, data_dir=None, checkpoint="model.keras"):
     """Evaluates a run's saved model on its test set.
 
@@ -253,5 +262,5 @@ def evaluate_run(run_dir, data_dir=None, checkpoint="model.keras"):
         >>> evaluate_run("runs/baseline")["test_accuracy"]
     """
     model, x_test, y_test = load_run_model(run_dir, data_dir, checkpoint)
-    loss, accuracy = model.evaluate(x_test, y_test, batch_size=256, verbose=0)
+    loss, accuracy = scores(model, x_test, y_test, batch_size=256)
     return {"test_loss": float(loss), "test_accuracy": float(accuracy)}

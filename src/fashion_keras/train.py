@@ -29,6 +29,7 @@ from fashion_keras import callbacks as cb
 from fashion_keras import config as cfg
 from fashion_keras.data import load_data, make_dataset
 from fashion_keras.errors import interrupt_status, raise_pending_interrupt
+from fashion_keras.losses import SmoothedSparseCrossentropy
 from fashion_keras.machine import seconds_since_process_start
 from fashion_keras.models import build_model
 from fashion_keras.rundir import RunError
@@ -299,14 +300,30 @@ def compile_model(config, policy=None, final=False, optimizer=None):
         model = build_model(**kwargs)
         model.compile(
             optimizer=optimizer or keras.optimizers.Adam(learning_rate=t.learning_rate),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=["accuracy"],
+            loss=loss_for(t),
+            metrics=metrics_for(t),
             steps_per_execution=t.steps_per_execution,
             jit_compile=t.jit_compile,
         )
     finally:
         keras.mixed_precision.set_dtype_policy(previous)
     return model
+
+
+def loss_for(training):
+    """The loss `training` asks for: cross-entropy of logits against class indices."""
+    if training.label_smoothing:
+        return SmoothedSparseCrossentropy(training.label_smoothing)
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def metrics_for(training):
+    """Accuracy; with label smoothing also the plain cross-entropy, which the run reports as
+    its test loss (`rundir.scores`): the compiled loss is smoothed then."""
+    if not training.label_smoothing:
+        return ["accuracy"]
+    plain = keras.metrics.SparseCategoricalCrossentropy(from_logits=True, name=rundir.PLAIN_LOSS)
+    return ["accuracy", plain]
 
 
 def build_and_restore(setup):
@@ -545,9 +562,9 @@ def kept_model(setup, model):
 
 
 def evaluate(setup, model, test):
-    """Test loss and accuracy of `model`: `(loss, accuracy)`."""
+    """Test loss and accuracy of `model`: `(loss, accuracy)` (see `rundir.scores`)."""
     with setup.strategy.scope():
-        result = model.evaluate(*test, batch_size=setup.global_batch, verbose=0)
+        result = rundir.scores(model, *test, batch_size=setup.global_batch)
     failpoints.reached("evaluated")
     return result
 
