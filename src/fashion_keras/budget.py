@@ -232,18 +232,17 @@ class Replan(keras.callbacks.Callback):
         done, warmup = epoch + 1, self.plan.warmup_epochs
         if self.model.stop_training or done < warmup:
             return
-        measured = {}
-        if self.validation_times:  # none when the fit does not validate
-            measured["validation_s"] = float(np.median(self.validation_times))
+        # None when the fit does not validate: the plan keeps its first measure then.
+        validation_s = float(np.median(self.validation_times)) if self.validation_times else None
         if done == warmup:  # the warm-up's epochs, as they ran
             pace = float(np.mean(self.epoch_times))
-            new = replan(self.plan, self.elapsed_s(), pace, done, **measured)
+            new = replan(self.plan, self.elapsed_s(), pace, done, validation_s=validation_s)
         elif self.wsd and done * self.steps_per_epoch < self._anneal_start(self.plan):
             # The new horizon's anneal must not have begun yet either.
             at_least = math.ceil(100 * (warmup + (done - warmup) / (1 - WSD_COOLDOWN)) + 1) / 100
             pace = float(np.mean(self.epoch_times[-3:]))  # the machine's speed of late
             new = replan(
-                self.plan, self.elapsed_s(), pace, done, at_least, self.most_epochs, **measured
+                self.plan, self.elapsed_s(), pace, done, at_least, self.most_epochs, validation_s
             )
         else:
             return
