@@ -15,10 +15,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fashion_keras import budget
-from fashion_keras.callbacks import AnnealLearningRate, EpochTimer, wsd_anneal_start
-from fashion_keras.config import load_config
+from fashion_keras.callbacks import AnnealLearningRate, EpochTimer, StopAtStep, wsd_anneal_start
+from fashion_keras.config import dump_config, load_config
 from fashion_keras.rundir import RunError
-from fashion_keras.train import compile_model, train
+from fashion_keras.train import compile_model, open_run_dir, train
 
 from conftest import epochs_logged, run_cli
 
@@ -132,23 +132,80 @@ def test_the_saved_config_repeats_a_re_planned_horizon(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_wsd_plans_again_until_its_anneal_and_the_config_repeats_the_run(tmp_path, monkeypatch):
+def test_wsd_plans_again_to_its_end_and_the_config_repeats_the_run(tmp_path, monkeypatch):
     # 24 batches an epoch. Planned 3, then 1 + 4 after the warm-up; after epoch 2 the pace
     # says 2 + 5: the anneal of 7 epochs starts at batch 139, so epochs 3 to 5 plan again
-    # (and keep 7) and epoch 6 does not. The saved config trains 7 from the start and must
-    # get the same bits: the stable rate cannot depend on the horizon.
-    decisions = iter([3, 4, 5, 4, 3, 2])
+    # (and keep 7). After epoch 6, within the anneal, 6 + 1.5: the rest of the anneal is
+    # stretched onto 7.5 epochs, and after epoch 7 the plan stays. The saved config trains
+    # 7.5 from the start, with the stretch, and must get the same bits: the stable rate
+    # cannot depend on the horizon, nor the anneal on the stretch being live or repeated.
+    decisions = iter([3, 4, 5, 4, 3, 2, 1.5, 0.5])
     monkeypatch.setattr(budget, "epochs_within", lambda *times: next(decisions))
     sets = ["training.time_budget_s=600", "training.lr_schedule=wsd", *SETS[1:]]
     budgeted = train(load_config("fast", sets), output=tmp_path / "budgeted", verbose=0)
     assert next(decisions, "none left") == "none left"
     plan = budgeted.metrics["plan"]
-    assert (plan["first_epochs"], plan["previous_epochs"], plan["epochs"]) == (3, 5, 7)
-    assert plan["replanned_after_epochs"] == 2 and len(budgeted.history) == 7
-    train(load_config(tmp_path / "budgeted" / "config.yaml"), output=tmp_path / "again", verbose=0)
+    assert (plan["first_epochs"], plan["previous_epochs"], plan["epochs"]) == (3, 7, 7.5)
+    assert plan["replanned_after_epochs"] == 6 and len(budgeted.history) == 8
+    assert plan["lr_stretches"] == [[6, 7]]
+    saved = load_config(tmp_path / "budgeted" / "config.yaml")
+    assert saved.training.lr_stretches == [[6, 7]] and saved.training.epochs == 7.5
+    train(saved, output=tmp_path / "again", verbose=0)
     history, metrics = _outcome(tmp_path / "again")
     pd.testing.assert_frame_equal(history, _outcome(tmp_path / "budgeted")[0], check_exact=True)
     assert metrics == _outcome(tmp_path / "budgeted")[1]
+
+
+def test_a_stretch_moves_the_rest_of_the_anneal_onto_the_new_end():
+    live = AnnealLearningRate(0.01, 120, 10, "wsd", warmup_steps=20)
+    before = [live.rate(s) for s in range(121)]
+    live.stretch(110, 140)  # half-way down the anneal (0.005), the end moves 20 steps on
+    assert [live.rate(s) for s in range(111)] == before[:111]
+    assert live.rate(125) == pytest.approx(0.0025) and live.rate(140) == 0
+    live.stretch(130, 135)  # and then 5 steps nearer: from 0.00167 to 0 in 5 steps
+    assert live.rate(132) == pytest.approx(0.01 / 6 * 3 / 5) and live.rate(135) == 0
+    # A schedule made with the stretches gives the same rates: a saved config repeats them.
+    repeated = AnnealLearningRate(0.01, 135, 10, "wsd", 20, stretches=[(110, 120), (130, 140)])
+    assert [repeated.rate(s) for s in range(150)] == [live.rate(s) for s in range(150)]
+    cosine = AnnealLearningRate(0.01, 100, 10, "cosine")
+    cosine.stretch(50, 150)  # the cosine's second half, over twice the steps
+    assert cosine.rate(100) == pytest.approx(0.01 * (1 + math.cos(math.pi * 0.75)) / 2)
+
+
+def test_within_the_anneal_a_re_plan_stretches_the_rest_of_the_schedule():
+    # A plan of 6 epochs of 10 batches, wsd after 1 warm-up epoch: its anneal starts at
+    # batch 50, after epoch 5. There, 80 s into the 100 s, epochs of 8.5 + 1.5 s fit 1.52
+    # more in the 16.5 s left: the rest of the anneal is stretched onto 6.52 epochs.
+    recorded = []
+    plan = _plan(epochs=6, replanned_at_s=30.0)
+    replan = budget.Replan(plan, lambda: 80.0, recorded.append, 10, wsd=True, most_epochs=12)
+    schedule, stop = AnnealLearningRate(0.01, 60, 10, "wsd", warmup_steps=10), StopAtStep(60, 10)
+    replan.follow([schedule, stop, EpochTimer()])
+    replan.set_model(types.SimpleNamespace(stop_training=False))
+    replan.epoch_times = [9.5] * 4
+    replan.on_epoch_end(4, {"epoch_time": 9.5})
+    assert [p.epochs for p in recorded] == [6.52] and recorded[0].lr_stretches == [[5, 6]]
+    assert "the rest of the anneal moves with it" in budget.describe(recorded[0])
+    assert schedule.stretches == [(50, 60)] and schedule.total_steps == stop.total_steps == 65
+    assert schedule.rate(50) == pytest.approx(0.01) and schedule.rate(65) == 0
+    replan.on_epoch_end(5, {"epoch_time": 9.5})  # one epoch on, the same time left: 7.52
+    assert recorded[-1].lr_stretches == [[5, 6], [6, 6.52]] and schedule.total_steps == 75
+
+
+def test_a_run_killed_before_its_config_took_a_stretch_resumes(tmp_path):
+    config = load_config("fast", ["training.time_budget_s=600"])
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    plan = dataclasses.replace(_plan(time_budget_s=600, epochs=7.5), previous_epochs=7)
+    plan = dataclasses.replace(plan, lr_stretches=[[6, 7]], replanned_at_s=90.0)
+    (run_dir / "plan.json").write_text(json.dumps(dataclasses.asdict(plan)))
+    (run_dir / "config.yaml").write_text(dump_config(budget.with_epochs(config, 7)))
+    resumed = open_run_dir(config, run_dir).training  # plan.json written, config.yaml not
+    assert (resumed.epochs, resumed.lr_stretches) == (7.5, [[6, 7]])
+    other = budget.with_epochs(config, 7, None, [[5, 7]])
+    (run_dir / "config.yaml").write_text(dump_config(other))
+    with pytest.raises(RunError, match="holds an unfinished run with a different config"):
+        open_run_dir(config, run_dir)
 
 
 def test_wsd_holds_the_rate_whatever_the_horizon_then_anneals_over_the_last_fifth():

@@ -96,6 +96,17 @@ def test_overrides_are_typed_and_nested():
             "training.label_smoothing must be at least 0 and less than 1",
         ),
         ({"training": {"label_smoothing": -0.1}}, "training.label_smoothing must be at least 0"),
+        ({"training": {"lr_stretches": 6}}, "training.lr_stretches: expected list, got int 6"),
+        (
+            {"training": {"epochs": 7.5, "lr_stretches": [[6, 5]]}},
+            "training.lr_stretches must be null, or a list of [done, planned] epoch pairs",
+        ),
+        (
+            {"training": {"epochs": 7.5, "lr_stretches": [[6, 7], [5, 7.2]]}},
+            "training.lr_stretches must be null, or a list",
+        ),
+        ({"training": {"epochs": 5, "lr_stretches": [[6, 7]]}}, "training.lr_stretches must be"),
+        ({"training": {"epochs": 7.5, "lr_stretches": [[6]]}}, "training.lr_stretches must be"),
         ({"data": {"train_limit": 60000}}, "data.train_limit must be between 10 and 55000"),
         ({"data": {"eval_limit": 5}}, "data.eval_limit must be between 10 and 5000"),
         (

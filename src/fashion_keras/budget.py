@@ -16,6 +16,10 @@ does not depend on the horizon, the epochs are planned again once the warm-up ha
 its measured epochs (validation and all) and the time actually left, so that a run uses its
 budget rather than a margin for the first guess (`replan`). A re-plan also takes the time of
 a validation pass, and with it the reserve for the test, from the passes the run has made.
+With `training.lr_schedule="wsd"` the epochs are planned again after every epoch: until its
+anneal begins the new end only moves the anneal; within the anneal, the rest of the rate's
+curve is stretched (or squeezed) onto the new end, and the config records where
+(`training.lr_stretches`), so that it still repeats the run.
 
 The budget counts what the caller's clock counts: from the call of `train()` in Python, and
 from process start on the command line.
@@ -66,13 +70,18 @@ class Plan:
     replanned_at_s: float | None = None  # seconds on the run's clock when last re-planned
     replanned_after_epochs: int | None = None  # the epochs trained by then
     lr_horizon_epochs: float | None = None  # the planned epochs, when the deadline cut them
+    lr_stretches: list | None = None  # [epochs done, epochs planned before] of each anneal re-plan
     stopped_at_s: float | None = None  # seconds on the run's clock when the deadline stopped it
 
 
-def with_epochs(config, epochs, lr_horizon_epochs=None):
+def with_epochs(config, epochs, lr_horizon_epochs=None, lr_stretches=None):
     """`config` with a fixed number of epochs instead of a time budget."""
     training = dataclasses.replace(
-        config.training, epochs=epochs, time_budget_s=None, lr_horizon_epochs=lr_horizon_epochs
+        config.training,
+        epochs=epochs,
+        time_budget_s=None,
+        lr_horizon_epochs=lr_horizon_epochs,
+        lr_stretches=lr_stretches or None,
     )
     return dataclasses.replace(config, training=training)
 
@@ -193,7 +202,8 @@ def replan(plan, now_s, epoch_s, epochs_done, at_least=None, at_most=math.inf, v
 class Replan(keras.callbacks.Callback):
     """Plans the budget again while the learning rate's horizon can still move, and calls
     `record` with each new plan before the epoch's commit: at the end of the warm-up, and
-    with `training.lr_schedule="wsd"` after every epoch of the stable rate too.
+    with `training.lr_schedule="wsd"` after every epoch to the end; within the anneal the
+    rest of the schedule is stretched onto the new end (`AnnealLearningRate.stretch`).
 
     Put it before `fashion_keras.callbacks.RunState` and after `EpochTimer`, whose
     `epoch_time` it reads; `follow()` the run's callbacks so that the schedule and the stop
@@ -218,7 +228,7 @@ class Replan(keras.callbacks.Callback):
         self.epoch_times, self.validation_times, self.followers = [], [], []
 
     def follow(self, callbacks):
-        """Moves the `total_steps` of these callbacks (the schedule, the stop) with the plan."""
+        """Moves the end of these callbacks (the schedule, the stop) with the plan."""
         self.followers = [c for c in callbacks if isinstance(c, (AnnealLearningRate, StopAtStep))]
 
     def on_test_begin(self, logs=None):
@@ -230,27 +240,49 @@ class Replan(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self.epoch_times.append(logs["epoch_time"])
         done, warmup = epoch + 1, self.plan.warmup_epochs
-        if self.model.stop_training or done < warmup:
+        if self.model.stop_training or done < warmup or done >= self.plan.epochs:
             return
         # None when the fit does not validate: the plan keeps its first measure then.
         validation_s = float(np.median(self.validation_times)) if self.validation_times else None
+        annealing = False
         if done == warmup:  # the warm-up's epochs, as they ran
             pace = float(np.mean(self.epoch_times))
             new = replan(self.plan, self.elapsed_s(), pace, done, validation_s=validation_s)
-        elif self.wsd and done * self.steps_per_epoch < self._anneal_start(self.plan):
-            # The new horizon's anneal must not have begun yet either.
+        elif self.wsd:
+            annealing = bool(self.plan.lr_stretches) or (
+                done * self.steps_per_epoch >= self._anneal_start(self.plan)
+            )
+            # Before the anneal, the new horizon's anneal must not have begun yet either.
             at_least = math.ceil(100 * (warmup + (done - warmup) / (1 - WSD_COOLDOWN)) + 1) / 100
             pace = float(np.mean(self.epoch_times[-3:]))  # the machine's speed of late
             new = replan(
-                self.plan, self.elapsed_s(), pace, done, at_least, self.most_epochs, validation_s
+                self.plan,
+                self.elapsed_s(),
+                pace,
+                done,
+                done + 0.01 if annealing else at_least,
+                self.most_epochs,
+                validation_s,
             )
         else:
             return
         if new.epochs != self.plan.epochs or self.plan.replanned_at_s is None:
-            for follower in self.followers:
-                follower.total_steps = round(new.epochs * self.steps_per_epoch)
+            if annealing:
+                stretch = [done, self.plan.epochs]
+                new = dataclasses.replace(new, lr_stretches=[*(new.lr_stretches or []), stretch])
+            self._move_end(new.epochs, done if annealing else None)
             self.record(new)
         self.plan = new
+
+    def _move_end(self, epochs, stretched_after=None):
+        """Moves the followers' end to `epochs`; the schedule's with a stretch after
+        `stretched_after` epochs, when given."""
+        total = round(epochs * self.steps_per_epoch)
+        for follower in self.followers:
+            if stretched_after is not None and isinstance(follower, AnnealLearningRate):
+                follower.stretch(stretched_after * self.steps_per_epoch, total)
+            else:
+                follower.total_steps = total
 
     def _anneal_start(self, plan):
         warmup_steps = plan.warmup_epochs * self.steps_per_epoch
@@ -336,10 +368,12 @@ def describe(plan):
         what = f"epoch {after}"
         if after == plan.warmup_epochs:
             what = f"the {after} warm-up epoch(s)"
+        stretched = (plan.lr_stretches or [[None]])[-1][0] == after
         return (
             f"Re-planned after {what}, at {plan.replanned_at_s:.1f} s: "
             f"{plan.seconds_per_epoch:.1f} s per epoch measured -> {decided} "
             f"(planned before: {plan.previous_epochs or plan.first_epochs:g})"
+            + ("; the rest of the anneal moves with it" if stretched else "")
         )
     again = f", planned again after {plan.warmup_epochs} warm-up" if plan.warmup_epochs else ""
     return (

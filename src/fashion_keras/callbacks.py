@@ -189,21 +189,39 @@ class AnnealLearningRate(keras.callbacks.Callback):
     A function of the step alone, so a resumed run continues the same curve. The warm-up,
     and `"wsd"`'s stable rate (before `wsd_anneal_start`), do not depend on `total_steps`:
     a time budget plans the horizon again after the warm-up, and with `"wsd"` after every
-    epoch of the stable rate (see `fashion_keras.budget`).
+    epoch of the stable rate (see `fashion_keras.budget`). Within the anneal, `stretch`
+    moves the end: the rest of the curve, from the step it is called at, is stretched (or
+    squeezed) onto the new end, so the rate is continuous and the steps before keep theirs.
+    `stretches`, the `(step, total_steps before)` of each earlier stretch, repeats them.
     """
 
-    def __init__(self, learning_rate, total_steps, steps_per_epoch, shape="cosine", warmup_steps=0):
+    def __init__(
+        self,
+        learning_rate,
+        total_steps,
+        steps_per_epoch,
+        shape="cosine",
+        warmup_steps=0,
+        stretches=(),
+    ):
         super().__init__()
         self.learning_rate = learning_rate
         self.total_steps = total_steps
         self.steps_per_epoch = steps_per_epoch
         self.shape = shape
         self.warmup_steps = warmup_steps
+        self.stretches = list(stretches)
+
+    def stretch(self, step, total_steps):
+        """From `step` on, the rest of the curve ends at `total_steps` instead."""
+        self.stretches.append((step, self.total_steps))
+        self.total_steps = total_steps
 
     def rate(self, step):
         if step < self.warmup_steps:
             return self.learning_rate * (step + 1) / self.warmup_steps
-        progress = min((step - self.warmup_steps) / (self.total_steps - self.warmup_steps), 1.0)
+        first_end, step = self._unstretched(step)
+        progress = min((step - self.warmup_steps) / (first_end - self.warmup_steps), 1.0)
         if self.shape == "wsd":
             return self.learning_rate * min(1.0, (1 - progress) / WSD_COOLDOWN)
         if self.shape == "linear":
@@ -211,6 +229,15 @@ class AnnealLearningRate(keras.callbacks.Callback):
         if self.shape == "constant":
             return self.learning_rate
         return self.learning_rate * (1 + math.cos(math.pi * progress)) / 2
+
+    def _unstretched(self, step):
+        """The first curve's end, and the step on it whose rate `step` gets: each stretch,
+        latest first, maps the steps after its own linearly back onto the end it moved."""
+        ends = [before for _, before in self.stretches] + [self.total_steps]
+        for (at, before), after in reversed(list(zip(self.stretches, ends[1:], strict=True))):
+            if step > at:
+                step = at + (step - at) * (before - at) / (after - at)
+        return ends[0], step
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch

@@ -49,6 +49,10 @@ class TrainingConfig:
     # time budget, the epochs are planned again once they have run (their measured time)
     lr_horizon_epochs: float | None = None  # the epochs lr_schedule anneals over, when not
     # `epochs` (a time budget's deadline stopped the run before its schedule ended)
+    lr_stretches: list | None = None  # [[done, planned], ...]: after `done` epochs, the rest
+    # of the schedule, planned to end at `planned` epochs, was stretched onto the next pair's
+    # `planned` (the last pair's onto lr_horizon_epochs or epochs): a time budget re-planned
+    # within the anneal (callbacks.AnnealLearningRate.stretch)
     label_smoothing: float = 0.0  # each training target spread over the other classes:
     # 1 - s + s/10 on the true class, s/10 on the others (losses.SmoothedSparseCrossentropy)
     early_stopping_patience: int | None = None  # stop after N epochs without a better
@@ -124,7 +128,7 @@ def _coerce(key, value, hint):
         (hint is bool and isinstance(value, bool))
         or (hint is int and isinstance(value, int) and not isinstance(value, bool))
         or (hint is float and isinstance(value, (int, float)) and not isinstance(value, bool))
-        or (hint in (str, dict) and isinstance(value, hint))
+        or (hint in (str, dict, list) and isinstance(value, hint))
     )
     if not ok:
         raise ConfigError(
@@ -201,6 +205,13 @@ def _check_ranges(config):
             t.lr_horizon_epochs is None or t.lr_horizon_epochs >= (t.epochs or 1),
             "null, or at least training.epochs",
         ),
+        (
+            "training.lr_stretches",
+            t.lr_stretches,
+            _stretches_ok(t.lr_stretches, t.lr_horizon_epochs or t.epochs or math.inf),
+            "null, or a list of [done, planned] epoch pairs, done increasing, each less than "
+            "its planned and than the next pair's planned (the last pair's: training.epochs)",
+        ),
         ("training.batch_size", t.batch_size, t.batch_size >= 1, "at least 1"),
         ("training.learning_rate", t.learning_rate, t.learning_rate > 0, "greater than 0"),
         (
@@ -254,6 +265,22 @@ def _check_ranges(config):
         models.model_args(**config.model_kwargs())
     except ValueError as e:
         raise ConfigError(f"model: {e}") from None
+
+
+def _stretches_ok(stretches, end):
+    """Whether `stretches` (see `TrainingConfig.lr_stretches`) can be repeated: each moved
+    an end still ahead of it onto another still ahead."""
+    if stretches is None:
+        return True
+    pairs = [p for p in stretches if isinstance(p, list) and len(p) == 2]
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for p in pairs for v in p)
+    if not stretches or len(pairs) != len(stretches) or not numbers:
+        return False
+    ends = [planned for _, planned in pairs[1:]] + [end]
+    done = [d for d, _ in pairs]
+    return done == sorted(set(done)) and all(
+        0 < d < planned and d < after for (d, planned), after in zip(pairs, ends, strict=True)
+    )
 
 
 def from_dict(values):

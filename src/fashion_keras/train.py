@@ -235,14 +235,18 @@ def run_config(config, run_dir):
     plan = rundir.read_json(run_dir / "plan.json")
     asked = cfg.dump_config(config)
     if plan and config.training.time_budget_s == plan["time_budget_s"]:
-        config = budget.with_epochs(config, plan["epochs"], plan.get("lr_horizon_epochs"))
+        config = budget.with_epochs(
+            config, plan["epochs"], plan.get("lr_horizon_epochs"), plan.get("lr_stretches")
+        )
     allowed = {asked, cfg.dump_config(config)}
     if plan and config.training.epochs == plan["epochs"]:
-        # Killed between writing plan.json and config.yaml: it has the plan before.
+        # Killed between writing plan.json and config.yaml: it has the plan before, whose
+        # stretches may lack the latest.
         before = plan.get("previous_epochs", plan.get("first_epochs"))  # 0.2: first_epochs
+        stretches = plan.get("lr_stretches") or []
         for epochs in (before, plan.get("lr_horizon_epochs")):
-            if epochs:
-                allowed.add(cfg.dump_config(budget.with_epochs(config, epochs)))
+            for kept in (stretches, stretches[:-1]) if epochs else ():
+                allowed.add(cfg.dump_config(budget.with_epochs(config, epochs, None, kept)))
     if saved.exists() and _resolved_text(saved) not in allowed:
         raise RunError(
             f"{run_dir} holds an unfinished run with a different config or network; resume it "
@@ -376,8 +380,10 @@ def record_plan(setup, plan):
 
 
 def with_plan(setup, plan):
-    """`setup` with the epochs (and learning-rate horizon) of `plan`."""
-    config = budget.with_epochs(setup.config, plan.epochs, plan.lr_horizon_epochs)
+    """`setup` with the epochs (and learning-rate horizon and stretches) of `plan`."""
+    config = budget.with_epochs(
+        setup.config, plan.epochs, plan.lr_horizon_epochs, plan.lr_stretches
+    )
     return dataclasses.replace(setup, config=config)
 
 
@@ -461,9 +467,10 @@ def make_callbacks(setup, steps, state, before_commit=()):
     total, horizon = (round(e * steps) for e in (t.epochs, t.lr_horizon_epochs or t.epochs))
     schedule = []
     if t.lr_schedule != "constant" or t.warmup_epochs:
+        stretches = [(round(d * steps), round(p * steps)) for d, p in t.lr_stretches or []]
         schedule = [
             cb.AnnealLearningRate(
-                t.learning_rate, horizon, steps, t.lr_schedule, t.warmup_epochs * steps
+                t.learning_rate, horizon, steps, t.lr_schedule, t.warmup_epochs * steps, stretches
             )
         ]
     if total % steps or t.lr_schedule == "wsd":  # a fraction of an epoch; a moving end
