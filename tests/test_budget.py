@@ -190,6 +190,26 @@ def test_within_the_anneal_a_re_plan_stretches_the_rest_of_the_schedule():
     assert schedule.rate(50) == pytest.approx(0.01) and schedule.rate(65) == 0
     replan.on_epoch_end(5, {"epoch_time": 9.5})  # one epoch on, the same time left: 7.52
     assert recorded[-1].lr_stretches == [[5, 6], [6, 6.52]] and schedule.total_steps == 75
+    replan.elapsed_s = lambda: 99.0  # nothing fits: the end comes one batch on, not at once
+    replan.on_epoch_end(6, {"epoch_time": 9.5})
+    assert recorded[-1].epochs == 7.1 and schedule.total_steps == stop.total_steps == 71
+
+
+def test_the_deadline_stops_before_the_planned_end_and_leaves_that_end_alone():
+    recorded = []
+    late = budget.Deadline(_plan(epochs=2.5), lambda: 200.0, 10, recorded.append)
+    late.set_model(types.SimpleNamespace(stop_training=False))
+    late.on_epoch_begin(2)
+    late.on_train_batch_end(4)  # step 25, the planned end: StopAtStep stops there anyway
+    late.on_epoch_end(2)
+    assert late.stopped_at is None and not late.model.stop_training and not recorded
+    early = budget.Deadline(_plan(epochs=2.5), lambda: 200.0, 10, recorded.append)
+    early.set_model(types.SimpleNamespace(stop_training=False))
+    early.on_epoch_begin(2)
+    early.on_train_batch_end(3)  # step 24
+    early.on_epoch_end(2)
+    assert early.model.stop_training and recorded[0].epochs == 2.4
+    assert recorded[0].lr_horizon_epochs == 2.5
 
 
 def test_a_run_killed_before_its_config_took_a_stretch_resumes(tmp_path):

@@ -240,39 +240,40 @@ class Replan(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self.epoch_times.append(logs["epoch_time"])
         done, warmup = epoch + 1, self.plan.warmup_epochs
-        if self.model.stop_training or done < warmup or done >= self.plan.epochs:
+        stop = self.model.stop_training or done < warmup or done >= self.plan.epochs
+        if stop or (done > warmup and not self.wsd):
             return
         # None when the fit does not validate: the plan keeps its first measure then.
         validation_s = float(np.median(self.validation_times)) if self.validation_times else None
-        annealing = False
+        annealing = done > warmup and (
+            bool(self.plan.lr_stretches)
+            or done * self.steps_per_epoch >= self._anneal_start(self.plan)
+        )
         if done == warmup:  # the warm-up's epochs, as they ran
             pace = float(np.mean(self.epoch_times))
             new = replan(self.plan, self.elapsed_s(), pace, done, validation_s=validation_s)
-        elif self.wsd:
-            annealing = bool(self.plan.lr_stretches) or (
-                done * self.steps_per_epoch >= self._anneal_start(self.plan)
-            )
-            # Before the anneal, the new horizon's anneal must not have begun yet either.
-            at_least = math.ceil(100 * (warmup + (done - warmup) / (1 - WSD_COOLDOWN)) + 1) / 100
-            pace = float(np.mean(self.epoch_times[-3:]))  # the machine's speed of late
-            new = replan(
-                self.plan,
-                self.elapsed_s(),
-                pace,
-                done,
-                done + 0.01 if annealing else at_least,
-                self.most_epochs,
-                validation_s,
-            )
         else:
-            return
+            pace = float(np.mean(self.epoch_times[-3:]))  # the machine's speed of late
+            at_least = self._at_least(done, annealing)
+            new = replan(
+                self.plan, self.elapsed_s(), pace, done, at_least, self.most_epochs, validation_s
+            )
         if new.epochs != self.plan.epochs or self.plan.replanned_at_s is None:
-            if annealing:
+            stretched = annealing and new.epochs != self.plan.epochs
+            if stretched:
                 stretch = [done, self.plan.epochs]
                 new = dataclasses.replace(new, lr_stretches=[*(new.lr_stretches or []), stretch])
-            self._move_end(new.epochs, done if annealing else None)
+            self._move_end(new.epochs, done if stretched else None)
             self.record(new)
         self.plan = new
+
+    def _at_least(self, done, annealing):
+        """The fewest epochs a re-plan after `done` may choose: within the anneal, one batch
+        more; before it, a horizon whose anneal has not begun yet either."""
+        if annealing:
+            return math.ceil(100 * (done + 1 / self.steps_per_epoch)) / 100
+        warmup = self.plan.warmup_epochs
+        return math.ceil(100 * (warmup + (done - warmup) / (1 - WSD_COOLDOWN)) + 1) / 100
 
     def _move_end(self, epochs, stretched_after=None):
         """Moves the followers' end to `epochs`; the schedule's with a stretch after
@@ -316,11 +317,13 @@ class Deadline(keras.callbacks.Callback):
         self.epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
-        p = self.plan
+        p, step = self.plan, self.epoch * self.steps_per_epoch + batch + 1
+        if self.stopped_at is not None or step >= round(p.epochs * self.steps_per_epoch):
+            return  # stopped already, or at the planned end, which stops the run anyway
         rest_s = p.seconds_per_step + p.validation_s + p.writes_s + p.final_s
-        if self.stopped_at is None and self.elapsed_s() + rest_s > p.time_budget_s:
+        if self.elapsed_s() + rest_s > p.time_budget_s:
             self.model.stop_training = True
-            self.stopped_at = (self.epoch * self.steps_per_epoch + batch + 1, self.elapsed_s())
+            self.stopped_at = (step, self.elapsed_s())
 
     def on_epoch_end(self, epoch, logs=None):
         if self.stopped_at is not None and self.plan.stopped_at_s is None:

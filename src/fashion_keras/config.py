@@ -210,7 +210,8 @@ def _check_ranges(config):
             t.lr_stretches,
             _stretches_ok(t.lr_stretches, t.lr_horizon_epochs or t.epochs or math.inf),
             "null, or a list of [done, planned] epoch pairs, done increasing, each less than "
-            "its planned and than the next pair's planned (the last pair's: training.epochs)",
+            "its planned and than the next pair's planned (the last pair's: "
+            "training.lr_horizon_epochs, or else training.epochs)",
         ),
         ("training.batch_size", t.batch_size, t.batch_size >= 1, "at least 1"),
         ("training.learning_rate", t.learning_rate, t.learning_rate > 0, "greater than 0"),

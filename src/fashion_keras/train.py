@@ -391,7 +391,7 @@ def keep_budget(setup, clock, steps):
     """The callbacks that keep the budget this process planned, and the epochs to `fit`.
 
     The `budget.Deadline`, last; before it, with `training.lr_schedule="wsd"`, a
-    `budget.Replan` after every epoch of the stable rate, up to twice the epochs planned now
+    `budget.Replan` after every epoch, up to twice the epochs planned now
     (the `fit` runs to those, and the plan stops it). Each new plan is recorded (see
     `record_plan`) and handed to the deadline.
     """
