@@ -18,13 +18,12 @@ import platform
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-import fashion_keras.layers  # noqa: E402, F401 (registers the saved models' layers)
 from fashion_keras import files  # noqa: E402
 from fashion_keras.data import load_data  # noqa: E402
 from fashion_keras.distribute import describe_device  # noqa: E402
+from fashion_keras.models import load_model  # noqa: E402 (registers our layers and loss)
 from fashion_keras.shift import moved  # noqa: E402
 
 ONE = [(0, 1), (0, -1), (1, 0), (-1, 0)]
@@ -39,7 +38,7 @@ VIEWS = {  # (down, right) moves, in pixels, beside the image itself
 
 def accuracies(path, x, y):
     """Validation accuracy of the model at `path` for each set of `VIEWS`."""
-    model = keras.saving.load_model(path)
+    model = load_model(path)
     moves = {m for views in VIEWS.values() for m in views} | {(0, 0)}
     logits = {m: model.predict(moved(x, *m), batch_size=1000, verbose=0) for m in moves}
     return {

@@ -128,9 +128,10 @@ def load_model(path):
     """A `.keras` file saved by this project (or any Keras 3 model), in Keras' safe mode.
 
     The same as `keras.saving.load_model(path, safe_mode=True)` after `import
-    fashion_keras.layers`, which registers the project's layers; without that import, plain
-    Keras fails with "Could not locate class 'AddMirrors'" (its message names the module,
-    `fashion_keras.layers`). Works on every Keras backend, whichever one saved the file.
+    fashion_keras.layers` and `fashion_keras.losses`, which register the project's layers and
+    loss; without them, plain Keras fails with "Could not locate class 'AddMirrors'" (or
+    'SmoothedSparseCrossentropy', for a model trained with label smoothing). Works on every
+    Keras backend, whichever one saved the file.
 
     Example:
         >>> model = load_model("runs/improved/model.keras")

@@ -434,7 +434,7 @@ def check_ensemble(models):
         `models` as a list.
 
     Example:
-        >>> members = check_ensemble([keras.saving.load_model(p) for p in paths])
+        >>> members = check_ensemble([fashion_keras.load_model(p) for p in paths])
     """
     if isinstance(models, keras.Model):
         raise UserError(
@@ -485,7 +485,7 @@ def ensemble_predict(models, x, batch_size=512, verbose="auto"):
             that do not fit together, or an argument is out of range.
 
     Example:
-        >>> members = [keras.saving.load_model(f"runs/seed{s}/model.keras") for s in (1, 2, 3)]
+        >>> members = [fashion_keras.load_model(f"runs/seed{s}/model.keras") for s in (1, 2, 3)]
         >>> ensemble_predict(members, x_test).mutual_information.mean()
     """
     models = check_ensemble(models)
