@@ -371,7 +371,7 @@ def describe(plan):
         what = f"epoch {after}"
         if after == plan.warmup_epochs:
             what = f"the {after} warm-up epoch(s)"
-        stretched = (plan.lr_stretches or [[None]])[-1][0] == after
+        stretched = bool(plan.lr_stretches) and plan.lr_stretches[-1][0] == after
         return (
             f"Re-planned after {what}, at {plan.replanned_at_s:.1f} s: "
             f"{plan.seconds_per_epoch:.1f} s per epoch measured -> {decided} "
