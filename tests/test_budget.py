@@ -212,6 +212,17 @@ def test_the_deadline_stops_before_the_planned_end_and_leaves_that_end_alone():
     assert recorded[0].lr_horizon_epochs == 2.5
 
 
+@pytest.mark.parametrize("per_call, stops", [(1, False), (5, True)])
+def test_the_deadline_leaves_time_for_a_whole_call(per_call, stops):
+    # After 95.2 s of 100, the rest (validation, writes, test: 4.5 s) and one more batch
+    # (0.1 s) fit; a call of 5 batches does not.
+    deadline = budget.Deadline(_plan(), lambda: 95.2, 10, [].append, per_call)
+    deadline.set_model(types.SimpleNamespace(stop_training=False))
+    deadline.on_epoch_begin(0)
+    deadline.on_train_batch_end(4)
+    assert deadline.model.stop_training == stops
+
+
 def test_a_run_killed_before_its_config_took_a_stretch_resumes(tmp_path):
     config = load_config("fast", ["training.time_budget_s=600"])
     run_dir = tmp_path / "run"

@@ -16,6 +16,7 @@ import time
 import pandas as pd
 import pytest
 
+from fashion_keras.config import load_config
 from fashion_keras.rundir import read_backup
 
 from conftest import ROOT, epochs_logged, run_cli
@@ -104,6 +105,21 @@ def assert_resumed(run_dir, rerun, resumed_from, reference):
     assert history["epoch"].tolist() == [1, 2, 3]
     pd.testing.assert_frame_equal(history, reference[0], check_exact=True)
     assert metrics == reference[1]
+
+
+def test_several_batches_a_call_divide_the_epoch_and_resume_bit_identical(tmp_path):
+    # 1,000 images are 8 batches: Keras, running whole calls of 3, would train 9 an epoch,
+    # and every later epoch would start off its first batch (a resumed one starts on it).
+    sets = [*SETS, "training.steps_per_execution=3"]
+    reference = run_cli(*train_args(tmp_path / "whole", sets))
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    assert "training.steps_per_execution=2, not 3" in reference.stdout
+    saved = load_config(tmp_path / "whole" / "config.yaml").training
+    assert saved.steps_per_execution == 2
+    run_dir = tmp_path / "run"
+    kill_while_writing(run_dir, "state.json", 2, train_args(run_dir, sets))  # after epoch 1
+    rerun = run_cli(*train_args(run_dir, sets))
+    assert_resumed(run_dir, rerun, 1, outcome(tmp_path / "whole"))
 
 
 # Runs the CLI with one more callback that runs `{action}` after the third batch of the

@@ -291,10 +291,10 @@ class Replan(keras.callbacks.Callback):
 
 
 class Deadline(keras.callbacks.Callback):
-    """Stops a budgeted run after the batch that leaves just enough time for the rest.
+    """Stops a budgeted run after the call that leaves just enough time for the rest.
 
-    A noisy machine can make the planned epochs take longer than measured. After each batch,
-    if the time left would not fit one more batch, the epoch's validation and writes, and the
+    A noisy machine can make the planned epochs take longer than measured. After each call,
+    if the time left would not fit one more call, the epoch's validation and writes, and the
     test, training stops there; the epoch still validates, and before its commit
     `record` gets the plan with the epochs actually trained (to the batch) and the planned
     ones as the learning rate's horizon, so the saved config repeats the run. Put it before
@@ -305,12 +305,14 @@ class Deadline(keras.callbacks.Callback):
         elapsed_s: the run's clock.
         steps_per_epoch: batches in an epoch.
         record: called with the new `Plan` when it stops the run.
+        per_call: batches in a call of the training function (`steps_per_execution`): Keras
+            calls back once a call, so the next batch to fit is the next call's.
     """
 
-    def __init__(self, plan, elapsed_s, steps_per_epoch, record):
+    def __init__(self, plan, elapsed_s, steps_per_epoch, record, per_call=1):
         super().__init__()
         self.plan, self.elapsed_s, self.record = plan, elapsed_s, record
-        self.steps_per_epoch = steps_per_epoch
+        self.steps_per_epoch, self.per_call = steps_per_epoch, per_call
         self.stopped_at = None
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -320,7 +322,7 @@ class Deadline(keras.callbacks.Callback):
         p, step = self.plan, self.epoch * self.steps_per_epoch + batch + 1
         if self.stopped_at is not None or step >= round(p.epochs * self.steps_per_epoch):
             return  # stopped already, or at the planned end, which stops the run anyway
-        rest_s = p.seconds_per_step + p.validation_s + p.writes_s + p.final_s
+        rest_s = self.per_call * p.seconds_per_step + p.validation_s + p.writes_s + p.final_s
         if self.elapsed_s() + rest_s > p.time_budget_s:
             self.model.stop_training = True
             self.stopped_at = (step, self.elapsed_s())

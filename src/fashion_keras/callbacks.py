@@ -248,7 +248,9 @@ class AnnealLearningRate(keras.callbacks.Callback):
 
 class StopAtStep(keras.callbacks.Callback):
     """Stops training after step `total_steps` (counted from the first epoch's first), so
-    that a fractional `training.epochs` cuts the last epoch short; it still validates."""
+    that a fractional `training.epochs` cuts the last epoch short; it still validates. With
+    `steps_per_execution` batches a call, Keras calls back after each call: the run stops
+    with the call that holds the step."""
 
     def __init__(self, total_steps, steps_per_epoch):
         super().__init__()

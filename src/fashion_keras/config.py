@@ -59,7 +59,9 @@ class TrainingConfig:
     # val_loss, and keep the best epoch's weights (from best.keras); None: run all epochs
     deterministic: bool = False  # TF op determinism: bit-identical reruns on CPU
     precision: str = "auto"  # auto | float32 | mixed_bfloat16 | mixed_float16
-    steps_per_execution: int = 1  # batches per compiled call (fewer Python round trips)
+    steps_per_execution: int = 1  # batches per compiled call (fewer Python round trips); the
+    # run lowers it to the most that divide an epoch's batches, and the learning rate changes
+    # once a call
     jit_compile: bool = False  # XLA; measured slower on CPU here (see bench/)
 
     def __post_init__(self):

@@ -411,6 +411,11 @@ def load_data(
     return tuple(result)
 
 
+def train_size(validation_size=5000, train_limit=None):
+    """The training images `load_data` returns for these arguments (not checked here)."""
+    return train_limit or FILES["train_images"].dims[0] - validation_size
+
+
 def make_dataset(x, y, batch_size, seed, first_epoch, epochs):
     """Training batches for epochs `first_epoch..epochs-1`, as one stream.
 

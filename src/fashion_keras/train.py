@@ -27,7 +27,7 @@ import fashion_keras.layers  # noqa: F401  (registers the project's layers for l
 from fashion_keras import budget, distribute, failpoints, files, machine, rundir
 from fashion_keras import callbacks as cb
 from fashion_keras import config as cfg
-from fashion_keras.data import load_data, make_dataset
+from fashion_keras.data import load_data, make_dataset, train_size
 from fashion_keras.errors import interrupt_status, raise_pending_interrupt
 from fashion_keras.losses import SmoothedSparseCrossentropy
 from fashion_keras.machine import seconds_since_process_start
@@ -187,7 +187,8 @@ def set_up(config, output=None):
     chief = not multi_worker or distribute.is_chief()
     run_dir = Path(output) if chief else distribute.worker_dir(output)
     rundir.tidy_finished(run_dir)
-    config = run_config(config, run_dir)
+    global_batch = t.batch_size * strategy.num_replicas_in_sync
+    config = run_config(whole_calls(config, global_batch), run_dir)
     keras.utils.set_random_seed(config.seed)
     if t.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -198,7 +199,7 @@ def set_up(config, output=None):
         output=Path(output),
         chief=chief,
         policy=resolve_precision(t.precision),
-        global_batch=t.batch_size * strategy.num_replicas_in_sync,
+        global_batch=global_batch,
     )
     print(
         f"Run {setup.output}: device {distribute.describe_device()}; strategy "
@@ -207,6 +208,28 @@ def set_up(config, output=None):
         flush=True,
     )
     return setup
+
+
+def whole_calls(config, global_batch):
+    """`config` with `training.steps_per_execution` lowered, where needed, to the most
+    batches a call that divide an epoch's.
+
+    Keras runs whole calls: at 4 batches a call, an epoch of 430 batches would train 432,
+    every later epoch would start 2 batches further into the stream of shuffled epochs, and
+    a run resumed at an epoch's start would not repeat an uninterrupted one.
+    """
+    t, d = config.training, config.data
+    steps = math.ceil(train_size(d.validation_size, d.train_limit) / global_batch)
+    per_call = max(n for n in range(1, t.steps_per_execution + 1) if steps % n == 0)
+    if per_call == t.steps_per_execution:
+        return config
+    print(
+        f"training.steps_per_execution={per_call}, not {t.steps_per_execution}: the most "
+        f"batches a call that divide an epoch's {steps}",
+        flush=True,
+    )
+    training = dataclasses.replace(t, steps_per_execution=per_call)
+    return dataclasses.replace(config, training=training)
 
 
 def _resolved_text(path):
@@ -396,7 +419,8 @@ def keep_budget(setup, clock, steps):
     `record_plan`) and handed to the deadline.
     """
     plan = read_plan(setup.run_dir)
-    deadline = budget.Deadline(plan, clock, steps, lambda new: record_plan(setup, new))
+    per_call = setup.config.training.steps_per_execution
+    deadline = budget.Deadline(plan, clock, steps, lambda new: record_plan(setup, new), per_call)
     epochs = epochs_to_fit(plan.epochs, steps)
     if setup.config.training.lr_schedule != "wsd":
         return [deadline], epochs
