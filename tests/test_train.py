@@ -9,11 +9,11 @@ import yaml
 
 from fashion_keras import build_cnn
 from fashion_keras import train as train_module
-from fashion_keras.config import load_config
+from fashion_keras.config import TrainingConfig, load_config
 from fashion_keras.data import load_data, make_dataset
 from fashion_keras.models import load_model
 from fashion_keras.rundir import RunError, evaluate_run
-from fashion_keras.train import compile_model, open_run_dir, train
+from fashion_keras.train import compile_model, open_run_dir, train, trained_epochs
 from fashion_keras.uncertainty import fit_temperature
 
 from conftest import SMOKE
@@ -253,3 +253,12 @@ def test_the_best_checkpoint_is_published_only_once_its_epoch_is_committed(tmp_p
     resumed.set_model(model)
     resumed.on_train_begin()
     assert resumed.get_state() == {"best": 1.0, "file": "epoch-0001.best.keras"}
+
+
+@pytest.mark.parametrize(
+    "epochs, per_call, trained", [(6.56, 1, 6.56), (6.56, 10, 6.5814), (3, 2, 3), (2.5, 43, 2.5)]
+)
+def test_trained_epochs_end_with_the_call_that_holds_the_last_batch(epochs, per_call, trained):
+    # 430 batches an epoch: 6.56 epochs end at batch 2,821, in the call of 10 ending at 2,830.
+    training = TrainingConfig(epochs=epochs, steps_per_execution=per_call)
+    assert trained_epochs(training, 430) == trained

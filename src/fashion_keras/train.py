@@ -526,6 +526,13 @@ def epochs_to_fit(epochs, steps):
     return math.ceil(round(epochs * steps) / steps)
 
 
+def trained_epochs(training, steps):
+    """The epochs `fit` trains for a `TrainingConfig`: Keras stops with the call (of
+    `steps_per_execution` batches, which divide an epoch's `steps`) that holds the last."""
+    per_call = training.steps_per_execution
+    return round(math.ceil(round(training.epochs * steps) / per_call) * per_call / steps, 4)
+
+
 def fit(setup, model, train_data, validation, first_epoch, epochs, callbacks, verbose):
     """`model.fit` from `first_epoch` up to `epochs`."""
     steps = epoch_steps(setup, len(train_data[0]))
@@ -645,7 +652,8 @@ def write_results(setup, model, results, clock, planned_now):
     train_time = history["epoch_time"].sum()
     steps = epoch_steps(setup, results["train_size"])
     stopped_early = len(history) < epochs_to_fit(t.epochs, steps)
-    epochs = len(history) if stopped_early else t.epochs  # a last one cut short: a fraction
+    # A last one cut short: a fraction, to the end of the call that held its last batch.
+    epochs = len(history) if stopped_early else trained_epochs(t, steps)
     metrics = {
         **results,
         "wall_time_s": wall_time_s,
