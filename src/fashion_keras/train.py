@@ -529,8 +529,10 @@ def epochs_to_fit(epochs, steps):
 def trained_epochs(training, steps):
     """The epochs `fit` trains for a `TrainingConfig`: Keras stops with the call (of
     `steps_per_execution` batches, which divide an epoch's `steps`) that holds the last."""
-    per_call = training.steps_per_execution
-    return round(math.ceil(round(training.epochs * steps) / per_call) * per_call / steps, 4)
+    per_call, last = training.steps_per_execution, round(training.epochs * steps)
+    if last % per_call == 0:
+        return training.epochs
+    return round(math.ceil(last / per_call) * per_call / steps, 4)
 
 
 def fit(setup, model, train_data, validation, first_epoch, epochs, callbacks, verbose):
