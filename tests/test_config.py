@@ -144,6 +144,10 @@ def test_overrides_are_typed_and_nested():
             "training.time_budget_s cannot be used with distribute.strategy=multi_worker",
         ),
         ({"data": {"data_dir": "/x", "eval_limit": 5}}, "data.eval_limit must be between"),
+        (
+            {"data": {"validation_size": 10000, "validation_start": 50001}},
+            "data.validation_start must be between 0 and 50000",
+        ),
     ],
 )
 def test_bad_values_name_the_key(values, message):

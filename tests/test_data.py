@@ -12,6 +12,7 @@ import pytest
 
 from fashion_keras import data
 from fashion_keras.data import DataError, IdxFile, read_idx, read_split
+from fashion_keras.errors import UserError
 
 from conftest import idx_bytes, write_idx
 
@@ -189,6 +190,20 @@ def test_load_data_small_files_split_and_limits(small_dataset):
     assert yt.shape == (20, 10) and yt.sum() == 20
     with pytest.raises(ValueError, match="train_limit=51 is larger than the 50 examples"):
         data.load_data(small_dataset, validation_size=10, train_limit=51)
+
+
+def test_validation_start_moves_the_validation_images_along_the_training_file(small_dataset):
+    (x, _), (xv, _), _ = data.load_data(small_dataset, validation_size=10)
+    file = np.concatenate([xv, x])  # the default split: validation first, then training
+    (x, y), (xv, yv), _ = data.load_data(small_dataset, validation_size=10, validation_start=20)
+    np.testing.assert_array_equal(xv, file[20:30])
+    np.testing.assert_array_equal(x, np.concatenate([file[:20], file[30:]]))
+    assert y.tolist() == [i % 10 for i in [*range(20), *range(30, 60)]]
+    (x, _), (xv, _), _ = data.load_data(small_dataset, validation_size=10, validation_start=50)
+    np.testing.assert_array_equal(xv, file[50:])
+    for bad in (51, -1, 2.0, True):
+        with pytest.raises(UserError, match="validation_start must be"):
+            data.load_data(small_dataset, validation_size=10, validation_start=bad)
 
 
 def test_decoded_cache_is_used_and_invalidated(small_dataset):

@@ -31,6 +31,7 @@ class DataConfig:
     validation_size: int = 5000  # taken from the start of the official training file
     train_limit: int | None = None  # exactly this many training images, even over the classes
     eval_limit: int | None = None  # likewise for validation and test
+    validation_start: int = 0  # where in that file the validation images begin
 
 
 @dataclasses.dataclass
@@ -236,6 +237,12 @@ def _check_ranges(config):
             "at least 1, or null to run all epochs",
         ),
         ("data.validation_size", d.validation_size, 1 <= d.validation_size < 60000, "in 1..59999"),
+        (
+            "data.validation_start",
+            d.validation_start,
+            0 <= d.validation_start <= 60000 - d.validation_size,
+            f"between 0 and {60000 - d.validation_size} (60,000 training images less validation's)",
+        ),
     ]
     for key, value, allowed in (
         ("training.precision", t.precision, PRECISIONS),

@@ -353,6 +353,7 @@ def load_data(
     train_limit=None,
     eval_limit=None,
     one_hot=False,
+    validation_start=0,
     download=True,
     cache=True,
 ):
@@ -360,7 +361,8 @@ def load_data(
 
     The validation set is the *first* `validation_size` images of the official training
     file and the training set the rest, as TensorFlow 1's `read_data_sets` split it; the
-    split is fixed, not shuffled.
+    split is fixed, not shuffled. `validation_start` moves the validation images along the
+    file, for a second opinion on a choice made on the first split.
 
     Args:
         data_dir: directory holding the four `.gz` files; None searches (see module doc).
@@ -368,6 +370,8 @@ def load_data(
         train_limit: keep only a class-balanced subset of this many training images.
         eval_limit: likewise for the validation and the test set.
         one_hot: return one-hot float32 labels instead of integer class indices.
+        validation_start: index in the training file of the first validation image; the
+            training set is the images before and after the validation ones.
         download: allow a download when no local copy is found.
         cache: use (and fill) the decoded-array cache in the Keras cache directory.
 
@@ -388,14 +392,24 @@ def load_data(
             f"validation_size must be between 1 and {total - 1}. Received: "
             f"validation_size={validation_size}"
         )
+    if isinstance(validation_start, bool) or not isinstance(validation_start, int):
+        raise UserError(f"validation_start must be an integer. Received: {validation_start!r}")
+    if not 0 <= validation_start <= total - validation_size:
+        raise UserError(
+            f"validation_start must be between 0 and {total - validation_size}, so that the "
+            f"{validation_size} validation images lie within the training file's {total}. "
+            f"Received: validation_start={validation_start}"
+        )
     _check_limit("train_limit", train_limit, total - validation_size)
     _check_limit("eval_limit", eval_limit, min(validation_size, FILES["test_images"].dims[0]))
 
     arrays = read_files(data_dir, download=download, cache=cache)
     images, labels = arrays["train_images"], arrays["train_labels"]
+    validation = slice(validation_start, validation_start + validation_size)
+    train = np.r_[0:validation_start, validation.stop : len(images)]
     splits = [
-        (images[validation_size:], labels[validation_size:], train_limit),
-        (images[:validation_size], labels[:validation_size], eval_limit),
+        (images[train], labels[train], train_limit),
+        (images[validation], labels[validation], eval_limit),
         (arrays["test_images"], arrays["test_labels"], eval_limit),
     ]
     result = []
