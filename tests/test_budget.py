@@ -410,7 +410,7 @@ class _Ticks:
         return self.now
 
 
-@pytest.mark.parametrize("steps_per_execution", [1, 4])
+@pytest.mark.parametrize("steps_per_execution", [1, 4, 10])
 def test_step_time_counts_every_batch_of_an_execution(monkeypatch, steps_per_execution):
     # Keras calls back once per execution of `steps_per_execution` batches: with a clock
     # that reads one second per call, a batch takes 1 / steps_per_execution seconds.
@@ -418,9 +418,12 @@ def test_step_time_counts_every_batch_of_an_execution(monkeypatch, steps_per_exe
     config = load_config("baseline", ["training.time_budget_s=60", *sets])
     model = compile_model(config, policy="float32")
     monkeypatch.setattr(budget, "time", _Ticks())
-    x, y = np.zeros((1000, 28, 28, 1), "float32"), np.zeros(1000, "int64")
+    x, y = np.zeros((2000, 28, 28, 1), "float32"), np.zeros(2000, "int64")
     seconds = budget._time_steps(model, x, y, 32, config)
     assert seconds == pytest.approx(1 / steps_per_execution)
+    # 40 batches and the epoch's short last one, which it traces for: at 10 a call too, the
+    # first call traces and 3 are timed (measuring costs a 1-minute run's training time).
+    assert int(model.optimizer.iterations) == 41
 
 
 @pytest.mark.long  # for its time: make test-long runs it, make test does not
