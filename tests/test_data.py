@@ -195,7 +195,7 @@ def test_load_data_small_files_split_and_limits(small_dataset):
 def test_validation_start_moves_the_validation_images_along_the_training_file(small_dataset):
     (x, _), (xv, _), _ = data.load_data(small_dataset, validation_size=10)
     file = np.concatenate([xv, x])  # the default split: validation first, then training
-    (x, y), (xv, yv), _ = data.load_data(small_dataset, validation_size=10, validation_start=20)
+    (x, y), (xv, _), _ = data.load_data(small_dataset, validation_size=10, validation_start=20)
     np.testing.assert_array_equal(xv, file[20:30])
     np.testing.assert_array_equal(x, np.concatenate([file[:20], file[30:]]))
     assert y.tolist() == [i % 10 for i in [*range(20), *range(30, 60)]]
