@@ -116,14 +116,20 @@ def test_epochs_within_cuts_the_last_epoch_short_to_fill_the_time(seconds, epoch
 
 @pytest.mark.slow
 def test_the_saved_config_repeats_a_re_planned_horizon(tmp_path, monkeypatch):
-    # The plan before the warm-up (3 epochs) and after it (1 + 4) differ; the saved config
-    # trains 5 from the start and must get the same bits, so the warm-up cannot depend on
-    # the horizon.
-    decisions = iter([3, 4])
+    # The plan before the warm-up (3 epochs) and after it (1 + 4) differ; the cosine then
+    # anneals from the warm-up's end, and the pace says 2 + 4 after epoch 2 (the rest of the
+    # curve is stretched onto 6), 3 + 2 after epoch 3 (squeezed back onto 5), 4 + 1 after
+    # epoch 4 (kept). The saved config trains 5 from the start, with both stretches, and
+    # must get the same bits: the warm-up cannot depend on the horizon, nor the anneal on
+    # the stretches being live or repeated.
+    decisions = iter([3, 4, 4, 2, 1])
     monkeypatch.setattr(budget, "epochs_within", lambda *times: next(decisions))
     sets = ["training.time_budget_s=600", "training.lr_schedule=cosine", *SETS[1:]]
     budgeted = train(load_config("fast", sets), output=tmp_path / "budgeted", verbose=0)
-    assert budgeted.metrics["plan"]["first_epochs"] == 3 and budgeted.metrics["epochs"] == 5
+    assert next(decisions, "none left") == "none left"
+    plan = budgeted.metrics["plan"]
+    assert (plan["first_epochs"], plan["epochs"], budgeted.metrics["epochs"]) == (3, 5, 5)
+    assert plan["lr_stretches"] == [[2, 5], [3, 6]] and plan["replanned_after_epochs"] == 3
     assert budgeted.metrics["resumed_from_epoch"] == 0  # the warm-up is its own, not a resume
     train(load_config(tmp_path / "budgeted" / "config.yaml"), output=tmp_path / "again", verbose=0)
     history, metrics = _outcome(tmp_path / "again")
@@ -178,7 +184,7 @@ def test_within_the_anneal_a_re_plan_stretches_the_rest_of_the_schedule():
     # more in the 16.5 s left: the rest of the anneal is stretched onto 6.52 epochs.
     recorded = []
     plan = _plan(epochs=6, replanned_at_s=30.0)
-    replan = budget.Replan(plan, lambda: 80.0, recorded.append, 10, wsd=True, most_epochs=12)
+    replan = budget.Replan(plan, lambda: 80.0, recorded.append, 10, "wsd", most_epochs=12)
     schedule, stop = AnnealLearningRate(0.01, 60, 10, "wsd", warmup_steps=10), StopAtStep(60, 10)
     replan.follow([schedule, stop, EpochTimer()])
     replan.set_model(types.SimpleNamespace(stop_training=False))
@@ -252,17 +258,20 @@ def test_wsd_holds_the_rate_whatever_the_horizon_then_anneals_over_the_last_fift
 
 @pytest.mark.slow
 def test_the_deadline_stops_a_run_late_on_its_plan_and_the_config_repeats_it(tmp_path, monkeypatch):
-    # A plan of 200 epochs (201 after the warm-up's) where some 20 fit: the deadline must
-    # stop the run mid-epoch with time left for the test, and record what it trained (to
-    # the batch) under the horizon the learning rate was annealing over, so that the saved
-    # config repeats the run.
+    # A plan of 200 epochs more after every epoch (201 after the warm-up's, 202 after the
+    # next, each stretching the cosine) where some 20 fit: the deadline must stop the run
+    # mid-epoch with time left for the test, and record what it trained (to the batch)
+    # under the horizon the learning rate was annealing over, so that the saved config
+    # repeats the run, stretches and all.
     monkeypatch.setattr(budget, "epochs_within", lambda *times: 200)
     sets = ["training.time_budget_s=15", "data.train_limit=500", *SETS[3:]]
-    sets.append("training.lr_schedule=cosine")  # one re-plan, after the warm-up
+    sets.append("training.lr_schedule=cosine")
     stopped = train(load_config("fast", sets), output=tmp_path / "stopped", verbose=0)
     plan = stopped.metrics["plan"]
     saved = load_config(tmp_path / "stopped" / "config.yaml").training
-    assert plan["lr_horizon_epochs"] == saved.lr_horizon_epochs == 201
+    last_replan = math.ceil(plan["epochs"]) - 1  # the epoch before the one cut short
+    assert plan["lr_horizon_epochs"] == saved.lr_horizon_epochs == last_replan + 200
+    assert saved.lr_stretches == [[done, done + 199] for done in range(2, last_replan + 1)]
     assert 1 < stopped.metrics["epochs"] == plan["epochs"] == saved.epochs < 200
     assert plan["stopped_at_s"] < 15 and not stopped.metrics["stopped_early"]
     steps = math.ceil(500 / 128)

@@ -8,7 +8,8 @@ as the uninterrupted run: the same history, metrics and weights. A write that fa
 full disk does is tested the same way. The run carries every kind of state a run has:
 dropout and random shifts and flips (the layers' random state), a cosine learning rate,
 early stopping that fires, the best checkpoint, and a time budget re-planned after a warm-up
-epoch (its epoch counts fixed by `crash_harness.py`, so that both runs plan the same).
+epoch and after every epoch (its epoch counts fixed by `crash_harness.py`, so that both runs
+plan the same).
 
 `make test` runs a sample of the moments; `make test-crash` runs every one.
 """

@@ -16,9 +16,10 @@ does not depend on the horizon, the epochs are planned again once the warm-up ha
 its measured epochs (validation and all) and the time actually left, so that a run uses its
 budget rather than a margin for the first guess (`replan`). A re-plan also takes the time of
 a validation pass, and with it the reserve for the test, from the passes the run has made.
-With `training.lr_schedule="wsd"` the epochs are planned again after every epoch: until its
-anneal begins the new end only moves the anneal; within the anneal, the rest of the rate's
-curve is stretched (or squeezed) onto the new end, and the config records where
+With an annealed `training.lr_schedule` the epochs are planned again after every epoch, from
+the pace of the latest: until the anneal begins (for `"wsd"`, its last fifth) the new end only
+moves the anneal; within it (for `"cosine"` and `"linear"`, from the warm-up's end), the rest
+of the rate's curve is stretched (or squeezed) onto the new end, and the config records where
 (`training.lr_stretches`), so that it still repeats the run.
 
 The budget counts what the caller's clock counts: from the call of `train()` in Python, and
@@ -203,10 +204,10 @@ def replan(plan, now_s, epoch_s, epochs_done, at_least=None, at_most=math.inf, v
 
 
 class Replan(keras.callbacks.Callback):
-    """Plans the budget again while the learning rate's horizon can still move, and calls
-    `record` with each new plan before the epoch's commit: at the end of the warm-up, and
-    with `training.lr_schedule="wsd"` after every epoch to the end; within the anneal the
-    rest of the schedule is stretched onto the new end (`AnnealLearningRate.stretch`).
+    """Plans the budget again, and calls `record` with each new plan before the epoch's
+    commit: at the end of the warm-up, and with an `lr_schedule` after every epoch to the
+    end; within the anneal the rest of the schedule is stretched onto the new end
+    (`AnnealLearningRate.stretch`).
 
     Put it before `fashion_keras.callbacks.RunState` and after `EpochTimer`, whose
     `epoch_time` it reads; `follow()` the run's callbacks so that the schedule and the stop
@@ -219,14 +220,17 @@ class Replan(keras.callbacks.Callback):
         elapsed_s: the run's clock.
         record: called with each new `Plan`.
         steps_per_epoch: batches in an epoch.
-        wsd: re-plan after every epoch of the stable rate (`lr_schedule="wsd"`).
+        lr_schedule: the run's `training.lr_schedule` (not `"constant"`), to re-plan after
+            every epoch; None: after the warm-up only.
         most_epochs: the most epochs a re-plan may choose (the `epochs` given to `fit`).
     """
 
-    def __init__(self, plan, elapsed_s, record, steps_per_epoch, wsd=False, most_epochs=None):
+    def __init__(
+        self, plan, elapsed_s, record, steps_per_epoch, lr_schedule=None, most_epochs=None
+    ):
         super().__init__()
         self.plan, self.elapsed_s, self.record = plan, elapsed_s, record
-        self.steps_per_epoch, self.wsd = steps_per_epoch, wsd
+        self.steps_per_epoch, self.lr_schedule = steps_per_epoch, lr_schedule
         self.most_epochs = most_epochs or math.inf
         self.epoch_times, self.validation_times, self.followers = [], [], []
 
@@ -244,7 +248,7 @@ class Replan(keras.callbacks.Callback):
         self.epoch_times.append(logs["epoch_time"])
         done, warmup = epoch + 1, self.plan.warmup_epochs
         stop = self.model.stop_training or done < warmup or done >= self.plan.epochs
-        if stop or (done > warmup and not self.wsd):
+        if stop or (done > warmup and not self.lr_schedule):
             return
         # None when the fit does not validate: the plan keeps its first measure then.
         validation_s = float(np.median(self.validation_times)) if self.validation_times else None
@@ -289,7 +293,10 @@ class Replan(keras.callbacks.Callback):
                 follower.total_steps = total
 
     def _anneal_start(self, plan):
+        """The first step whose rate depends on the plan's end."""
         warmup_steps = plan.warmup_epochs * self.steps_per_epoch
+        if self.lr_schedule != "wsd":
+            return warmup_steps
         return wsd_anneal_start(round(plan.epochs * self.steps_per_epoch), warmup_steps)
 
 

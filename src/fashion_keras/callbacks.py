@@ -188,8 +188,8 @@ class AnnealLearningRate(keras.callbacks.Callback):
 
     A function of the step alone, so a resumed run continues the same curve. The warm-up,
     and `"wsd"`'s stable rate (before `wsd_anneal_start`), do not depend on `total_steps`:
-    a time budget plans the horizon again after the warm-up, and with `"wsd"` after every
-    epoch of the stable rate (see `fashion_keras.budget`). Within the anneal, `stretch`
+    a time budget plans the horizon again after the warm-up, and then after every epoch
+    (see `fashion_keras.budget`). Within the anneal, `stretch`
     moves the end: the rest of the curve, from the step it is called at, is stretched (or
     squeezed) onto the new end, so the rate is continuous and the steps before keep theirs.
     `stretches`, the `(step, total_steps before)` of each earlier stretch, repeats them.

@@ -44,8 +44,9 @@ class TrainingConfig:
     batch_size: int = 128  # per replica; the global batch is this times the replicas
     learning_rate: float = 1e-3
     lr_schedule: str = "constant"  # constant | cosine | linear | wsd (all but the first
-    # anneal to 0; wsd holds the rate and anneals over the last fifth, so a time budget can
-    # move its end freely until then, and after it stretches the rest: lr_stretches)
+    # anneal to 0, and a time budget plans their end again after every epoch; wsd holds the
+    # rate and anneals over the last fifth, so the end moves freely until then; within an
+    # anneal the rest is stretched: lr_stretches)
     warmup_epochs: int = 0  # the rate rises linearly from 0 over these first epochs; with a
     # time budget, the epochs are planned again once they have run (their measured time)
     lr_horizon_epochs: float | None = None  # the epochs lr_schedule anneals over, when not

@@ -413,7 +413,7 @@ def with_plan(setup, plan):
 def keep_budget(setup, clock, steps):
     """The callbacks that keep the budget this process planned, and the epochs to `fit`.
 
-    The `budget.Deadline`, last; before it, with `training.lr_schedule="wsd"`, a
+    The `budget.Deadline`, last; before it, with an annealed `training.lr_schedule`, a
     `budget.Replan` after every epoch, up to twice the epochs planned now
     (the `fit` runs to those, and the plan stops it). Each new plan is recorded (see
     `record_plan`) and handed to the deadline.
@@ -422,7 +422,8 @@ def keep_budget(setup, clock, steps):
     per_call = setup.config.training.steps_per_execution
     deadline = budget.Deadline(plan, clock, steps, lambda new: record_plan(setup, new), per_call)
     epochs = epochs_to_fit(plan.epochs, steps)
-    if setup.config.training.lr_schedule != "wsd":
+    lr_schedule = setup.config.training.lr_schedule
+    if lr_schedule == "constant":
         return [deadline], epochs
 
     def record(new):
@@ -430,7 +431,7 @@ def keep_budget(setup, clock, steps):
         record_plan(setup, new)
 
     most = 2 * epochs
-    replan = budget.Replan(plan, clock, record, steps, wsd=True, most_epochs=most)
+    replan = budget.Replan(plan, clock, record, steps, lr_schedule, most_epochs=most)
     return [replan, deadline], most
 
 
@@ -497,7 +498,7 @@ def make_callbacks(setup, steps, state, before_commit=()):
                 t.learning_rate, horizon, steps, t.lr_schedule, t.warmup_epochs * steps, stretches
             )
         ]
-    if total % steps or t.lr_schedule == "wsd":  # a fraction of an epoch; a moving end
+    if total % steps or t.lr_schedule != "constant":  # a fraction of an epoch; a moving end
         schedule.append(cb.StopAtStep(total, steps))
     return [
         cb.RaisePendingInterrupt(),
