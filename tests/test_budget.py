@@ -259,7 +259,7 @@ def test_wsd_holds_the_rate_whatever_the_horizon_then_anneals_over_the_last_fift
 @pytest.mark.slow
 def test_the_deadline_stops_a_run_late_on_its_plan_and_the_config_repeats_it(tmp_path, monkeypatch):
     # A plan of 200 epochs more after every epoch (201 after the warm-up's, 202 after the
-    # next, each stretching the cosine) where some 20 fit: the deadline must stop the run
+    # next, each stretching the cosine) where far fewer fit: the deadline must stop the run
     # mid-epoch with time left for the test, and record what it trained (to the batch)
     # under the horizon the learning rate was annealing over, so that the saved config
     # repeats the run, stretches and all.
