@@ -256,9 +256,11 @@ def test_the_best_checkpoint_is_published_only_once_its_epoch_is_committed(tmp_p
 
 
 @pytest.mark.parametrize(
-    "epochs, per_call, trained", [(6.56, 1, 6.56), (6.56, 10, 6.5814), (3, 2, 3), (2.5, 43, 2.5)]
+    "epochs, per_call, trained",
+    [(6.56, 1, 6.5605), (6.56, 10, 6.5814), (3, 2, 3), (2.5, 43, 2.5), (71.001, 1, 71)],
 )
 def test_trained_epochs_end_with_the_call_that_holds_the_last_batch(epochs, per_call, trained):
-    # 430 batches an epoch: 6.56 epochs end at batch 2,821, in the call of 10 ending at 2,830.
+    # 430 batches an epoch: 6.56 epochs end at batch 2,821 (6.5605), in the call of 10 ending
+    # at 2,830; 71.001 epochs end at batch 30,530, the end of the 71st.
     training = TrainingConfig(epochs=epochs, steps_per_execution=per_call)
     assert trained_epochs(training, 430) == trained

@@ -531,9 +531,10 @@ def trained_epochs(training, steps):
     """The epochs `fit` trains for a `TrainingConfig`: Keras stops with the call (of
     `steps_per_execution` batches, which divide an epoch's `steps`) that holds the last."""
     per_call, last = training.steps_per_execution, round(training.epochs * steps)
-    if last % per_call == 0:
+    batches = math.ceil(last / per_call) * per_call
+    if batches == training.epochs * steps:
         return training.epochs
-    return round(math.ceil(last / per_call) * per_call / steps, 4)
+    return round(batches / steps, 4)  # 71.01 epochs of 24 batches end at batch 1,704: 71.0
 
 
 def fit(setup, model, train_data, validation, first_epoch, epochs, callbacks, verbose):
