@@ -4,6 +4,7 @@ import pytest
 
 from fashion_keras import build_cnn, build_model, list_models
 from fashion_keras.losses import SmoothedSparseCrossentropy
+from fashion_keras.models import whiten_first_conv
 
 from conftest import tensorflow_only
 
@@ -351,3 +352,30 @@ def test_label_smoothing_spreads_each_target_over_the_other_classes():
     assert _np(smoothed(labels[:, None], logits)) == pytest.approx(expected, rel=1e-5)
     restored = SmoothedSparseCrossentropy.from_config(smoothed.get_config())
     assert restored.label_smoothing == 0.1
+
+
+@tensorflow_only
+def test_whitening_decorrelates_the_first_filters_at_keras_loudness():
+    # Two channels whose neighbouring pixels correlate, as a photograph's do: 3x3x2 patches
+    # have 18 directions, so 36 of the 40 filters whiten and 4 keep their random start.
+    rng = np.random.default_rng(0)
+    images = rng.random((300, 12, 12, 2)).astype("float32")
+    images = (images + np.roll(images, 1, axis=1) + np.roll(images, 1, axis=2)) / 3
+    model = build_cnn(input_shape=(12, 12, 2), filters=(40, 8), units=())
+    conv = model.get_layer("block1_conv")
+    before = _np(conv.kernel).copy()
+    whiten_first_conv(model, images)
+    after = _np(conv.kernel)
+
+    def moments(kernel):  # of the outputs, over every patch (the layer's own convolution)
+        outputs = _np(keras.ops.conv(images, kernel, padding="valid")).reshape(-1, 40)
+        return outputs.T.astype("float64") @ outputs / len(outputs)
+
+    loudness = np.sqrt(np.mean(np.diag(moments(before))))
+    whitened = moments(after)[:18, :18]
+    energies = np.diag(whitened)
+    assert energies[0] == pytest.approx(loudness**2, rel=1e-3)  # the top direction: all of it
+    assert np.all(np.diff(energies) <= 1e-6) and energies[-1] > 0.3 * loudness**2
+    assert np.abs(whitened - np.diag(energies)).max() < 1e-4 * loudness**2  # uncorrelated
+    np.testing.assert_array_equal(after[..., 18:36], -after[..., :18])
+    np.testing.assert_array_equal(after[..., 36:], before[..., 36:])

@@ -29,6 +29,7 @@ SETS = [
     "data.train_limit=1000",
     "data.eval_limit=500",
     "training.deterministic=true",
+    "training.whitened_init=true",  # a resume keeps the trained first layer
 ]
 
 # Runs the CLI with os.replace patched in fashion_keras.files so the process SIGKILLs itself

@@ -57,6 +57,8 @@ class TrainingConfig:
     # within the anneal (callbacks.AnnealLearningRate.stretch)
     label_smoothing: float = 0.0  # each training target spread over the other classes:
     # 1 - s + s/10 on the true class, s/10 on the others (losses.SmoothedSparseCrossentropy)
+    whitened_init: bool = False  # the first convolution starts as a whitening of the
+    # training images' patches, at Keras' initial loudness (models.whiten_first_conv)
     early_stopping_patience: int | None = None  # stop after N epochs without a better
     # val_loss, and keep the best epoch's weights (from best.keras); None: run all epochs
     deterministic: bool = False  # TF op determinism: bit-identical reruns on CPU

@@ -380,6 +380,40 @@ def build_cnn(
     return keras.Model(inputs, outputs, name=name)
 
 
+def whiten_first_conv(model, images, epsilon=5e-4):
+    """Starts the first convolution as a whitening of the images' patches (airbench's first
+    layer, Jordan 2024), at the loudness Keras' own initialisation gave it.
+
+    The patches' second-moment matrix has one eigenvector per pixel of a patch; each, over
+    the square root of its eigenvalue (plus `epsilon`), is a filter whose outputs have equal
+    energy, the rare fine details as loud as the mean brightness. The layer's first filters
+    become these and their negatives (ReLU keeps both signs), largest eigenvalue first, all
+    scaled to the root-mean-square output of the filters they replace; any further filters
+    keep their random start. Everything stays trainable.
+
+    Args:
+        model: a model from `build_cnn`, before training.
+        images: training images, (N, height, width, channels); the first 2,000 are read.
+        epsilon: added to each eigenvalue, so that near-silent directions stay bounded.
+    """
+    import keras
+    import numpy as np
+
+    conv = next(layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D))
+    kernel = conv.kernel.numpy()
+    size, channels = kernel.shape[0], kernel.shape[2]
+    windows = np.lib.stride_tricks.sliding_window_view(images[:2000], (size, size), axis=(1, 2))
+    patches = windows.transpose(0, 1, 2, 4, 5, 3).reshape(-1, size * size * channels)
+    moments = (patches.T @ patches / len(patches)).astype("float64")
+    values, vectors = np.linalg.eigh(moments)  # ascending
+    flat = kernel.reshape(-1, kernel.shape[-1])
+    loudness = np.sqrt(np.mean(np.einsum("if,ij,jf->f", flat, moments, flat)))
+    whitened = vectors[:, ::-1] / np.sqrt(values[::-1] + epsilon) * loudness
+    filters = np.concatenate([whitened, -whitened], axis=1)[:, : flat.shape[1]]
+    flat[:, : filters.shape[1]] = filters
+    conv.kernel.assign(flat.reshape(kernel.shape))
+
+
 CNN_ARGS = {k: p.default for k, p in inspect.signature(build_cnn).parameters.items()}
 
 # The tutorial's network, and the same network with its dropout answer to overfitting.

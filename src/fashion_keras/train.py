@@ -31,7 +31,7 @@ from fashion_keras.data import load_data, make_dataset, train_size
 from fashion_keras.errors import interrupt_status, raise_pending_interrupt
 from fashion_keras.losses import SmoothedSparseCrossentropy
 from fashion_keras.machine import seconds_since_process_start
-from fashion_keras.models import build_model
+from fashion_keras.models import build_model, whiten_first_conv
 from fashion_keras.rundir import RunError
 from fashion_keras.uncertainty import fit_temperature
 
@@ -110,7 +110,7 @@ def train(config, output=None, data_dir=None, verbose=None, clock=None):
     steps = epoch_steps(setup, len(train_data[0]))
     with rundir.claim(setup.run_dir):  # every check above has passed: now we may write
         setup = dataclasses.replace(setup, config=open_run_dir(setup.config, setup.run_dir))
-        model, first_epoch, state = build_and_restore(setup)
+        model, first_epoch, state = build_and_restore(setup, train_data[0])
         resumed_from = first_epoch  # the warm-up below moves first_epoch on
         planned_now = setup.config.training.epochs is None  # else planned by an earlier process
         if planned_now:
@@ -353,11 +353,12 @@ def metrics_for(training):
     return ["accuracy", plain]
 
 
-def build_and_restore(setup):
+def build_and_restore(setup, images):
     """The compiled model, and where to start: `(model, first_epoch, backup entry)`.
 
     When the run directory holds a backup, the model gets its weights, optimizer state and
-    random state, and training continues after the backed-up epoch.
+    random state, and training continues after the backed-up epoch. A new run with
+    `training.whitened_init` starts its first convolution from the training `images`.
     """
     backup_dir = setup.run_dir / "backup"
     first_epoch = max(rundir.read_backup(backup_dir), default=0)
@@ -366,6 +367,8 @@ def build_and_restore(setup):
         if isinstance(setup.strategy, tf.distribute.MultiWorkerMirroredStrategy):
             first_epoch = distribute.agree_on_epoch(setup.strategy, first_epoch)
         state = rundir.restore_backup(model, backup_dir, first_epoch) if first_epoch else {}
+        if setup.config.training.whitened_init and not first_epoch:
+            whiten_first_conv(model, images)
     if first_epoch:
         print(f"Resuming after epoch {first_epoch} from {backup_dir}", flush=True)
     return model, first_epoch, state
