@@ -354,7 +354,6 @@ def test_label_smoothing_spreads_each_target_over_the_other_classes():
     assert restored.label_smoothing == 0.1
 
 
-@tensorflow_only
 def test_whitening_decorrelates_the_first_filters_at_keras_loudness():
     # Two channels whose neighbouring pixels correlate, as a photograph's do: 3x3x2 patches
     # have 18 directions, so 36 of the 40 filters whiten and 4 keep their random start.

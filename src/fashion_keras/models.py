@@ -384,7 +384,7 @@ def whiten_first_conv(model, images, epsilon=5e-4):
     """Starts the first convolution as a whitening of the images' patches (airbench's first
     layer, Jordan 2024), at the loudness Keras' own initialisation gave it.
 
-    The patches' second-moment matrix has one eigenvector per pixel of a patch; each, over
+    The patches' second-moment matrix has one eigenvector per value in a patch; each, over
     the square root of its eigenvalue (plus `epsilon`), is a filter whose outputs have equal
     energy, the rare fine details as loud as the mean brightness. The layer's first filters
     become these and their negatives (ReLU keeps both signs), largest eigenvalue first, all
@@ -400,7 +400,7 @@ def whiten_first_conv(model, images, epsilon=5e-4):
     import numpy as np
 
     conv = next(layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D))
-    kernel = conv.kernel.numpy()
+    kernel = np.array(keras.ops.convert_to_numpy(conv.kernel))  # a writable copy
     size, channels = kernel.shape[0], kernel.shape[2]
     windows = np.lib.stride_tricks.sliding_window_view(images[:2000], (size, size), axis=(1, 2))
     patches = windows.transpose(0, 1, 2, 4, 5, 3).reshape(-1, size * size * channels)
