@@ -17,11 +17,12 @@ def test_shipped_presets_hold_the_tutorial_recipe():
         assert config.training.epochs == 20 and config.training.time_budget_s is None
     assert load_config("fast").training.time_budget_s == 45
     assert load_config("improved").training.time_budget_s == 1800
-    # `fast` for 5 minutes, with its training and test images moved and without its label
-    # smoothing: nothing else differs.
+    # `fast` for 5 minutes, with a larger network, its training and test images moved and
+    # without its label smoothing: nothing else differs.
     shifted = load_config("fast_shifted", ["training.time_budget_s=45"])
     moves = {"random_shift": 1, "test_time_shift": 1}
-    assert shifted.model == {**load_config("fast").model, **moves}
+    larger = {"convs_per_block": [1, 2], "batch_norm": True}
+    assert shifted.model == {**load_config("fast").model, **moves, **larger}
     fast = load_config("fast").training
     assert fast.label_smoothing == 0.1
     assert shifted.training == dataclasses.replace(fast, label_smoothing=0.0)
