@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from fashion_keras import budget
 from fashion_keras.callbacks import AnnealLearningRate, EpochTimer, StopAtStep, wsd_anneal_start
-from fashion_keras.config import dump_config, load_config
+from fashion_keras.config import dump_config, load_config, with_larger_model
 from fashion_keras.rundir import RunError
 from fashion_keras.train import (
     compile_model,
@@ -36,6 +36,7 @@ SETS = [
     "data.eval_limit=500",
     "training.deterministic=true",
 ]
+LARGER = [*SETS, "larger_model.from_epochs=1"]  # on any machine: fast's larger model
 
 
 def test_the_warm_up_rises_to_the_rate_whatever_the_horizon():
@@ -251,6 +252,39 @@ def test_a_run_killed_before_its_config_took_a_stretch_resumes(tmp_path):
         open_run_dir(config, run_dir)
 
 
+@pytest.mark.parametrize(
+    "sets, epochs, wanted",
+    [
+        ([], 14, True),  # fast's threshold: 14 epochs of its own network
+        ([], 13.99, False),
+        (["larger_model.from_epochs=null"], 100, False),
+        (["model.convs_per_block=[1,2]", "model.batch_norm=true"], 100, False),  # no change
+        (["larger_model.model={convs_per_block: 1}"], 100, False),  # a default: no change
+    ],
+)
+def test_a_budget_that_fits_enough_epochs_wants_the_larger_model(sets, epochs, wanted):
+    config = load_config("fast", sets)
+    assert budget.wants_larger_model(config, _plan(epochs=epochs)) is wanted
+
+
+def test_a_run_whose_plan_chose_the_larger_model_resumes_with_it(tmp_path):
+    # The command names `fast`; its run directory holds the larger network's plan and
+    # config. A resume that built the smaller network could not load its backup.
+    config = load_config("fast", ["training.time_budget_s=600"])
+    larger = budget.with_epochs(with_larger_model(config), 7)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    plan = _plan(time_budget_s=600, epochs=7, smaller_model_epochs=20.5)
+    (run_dir / "plan.json").write_text(json.dumps(dataclasses.asdict(plan)))
+    assert dump_config(open_run_dir(config, run_dir)) == dump_config(larger)  # no config.yaml
+    assert (run_dir / "config.yaml").read_text() == dump_config(larger)
+    assert dump_config(open_run_dir(config, run_dir)) == dump_config(larger)  # and with it
+    plan = dataclasses.replace(plan, smaller_model_epochs=None)
+    (run_dir / "plan.json").write_text(json.dumps(dataclasses.asdict(plan)))
+    with pytest.raises(RunError, match="holds an unfinished run with a different config"):
+        open_run_dir(config, run_dir)  # a plan for the smaller network: not this run's
+
+
 def test_wsd_holds_the_rate_whatever_the_horizon_then_anneals_over_the_last_fifth():
     short, long = (AnnealLearningRate(0.01, n, 10, "wsd", warmup_steps=20) for n in (120, 600))
     start = wsd_anneal_start(120, 20)
@@ -268,7 +302,7 @@ def test_the_deadline_stops_a_run_late_on_its_plan_and_the_config_repeats_it(tmp
     # next, each stretching the cosine) where far fewer fit: the deadline must stop the run
     # mid-epoch with time left for the test, and record what it trained (to the batch)
     # under the horizon the learning rate was annealing over, so that the saved config
-    # repeats the run, stretches and all.
+    # repeats the run, stretches and all (and the larger network that so many epochs chose).
     monkeypatch.setattr(budget, "epochs_within", lambda *times: 200)
     sets = ["training.time_budget_s=15", "data.train_limit=500", *SETS[3:]]
     sets.append("training.lr_schedule=cosine")
@@ -280,6 +314,7 @@ def test_the_deadline_stops_a_run_late_on_its_plan_and_the_config_repeats_it(tmp
     assert saved.lr_stretches == [[done, done + 199] for done in range(2, last_replan + 1)]
     assert 1 < stopped.metrics["epochs"] == plan["epochs"] == saved.epochs < 200
     assert plan["stopped_at_s"] < 15 and not stopped.metrics["stopped_early"]
+    assert plan["smaller_model_epochs"] == 200  # 200 fit: fast's larger model, from its seed
     steps = math.ceil(500 / 128)
     assert len(stopped.history) == math.ceil(plan["epochs"])
     assert plan["epochs"] * steps == pytest.approx(round(plan["epochs"] * steps), abs=1e-3)
@@ -496,7 +531,7 @@ def _outcome(run_dir):
 @pytest.fixture(scope="module")
 def budgeted(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("budget") / "run"
-    return run_dir, _train(run_dir)
+    return run_dir, _train(run_dir, sets=LARGER)
 
 
 @pytest.mark.slow
@@ -506,6 +541,10 @@ def test_a_budgeted_run_records_its_plan_and_keeps_its_budget(budgeted):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())["training"]
     assert f"Time budget {BUDGET} s:" in result.stdout
+    assert "of the larger model (the configured one fit " in result.stdout
+    assert plan["smaller_model_epochs"] >= 1
+    model = yaml.safe_load((run_dir / "config.yaml").read_text())["model"]
+    assert model["convs_per_block"] == [1, 2] and model["batch_norm"] is True
     assert "Re-planned after the 1 warm-up epoch(s)" in result.stdout
     assert plan["time_budget_s"] == BUDGET and plan["expected_end_s"] <= BUDGET
     assert plan["warmup_epochs"] == 1 and plan["first_epochs"] > 1
@@ -549,10 +588,10 @@ def test_a_resumed_budgeted_run_keeps_its_horizon(budgeted, tmp_path):
 
     run_dir, _ = budgeted
     resumed_dir = tmp_path / "run"
-    args = ["train", "--config", "fast", *[a for s in SETS for a in ("--set", s)]]
+    args = ["train", "--config", "fast", *[a for s in LARGER for a in ("--set", s)]]
     kill_while_writing(resumed_dir, "state.json", 2, [*args, "--output", str(resumed_dir)])
     planned = json.loads((resumed_dir / "plan.json").read_text())["epochs"]
-    rerun = _train(resumed_dir)  # the same command, budget and all
+    rerun = _train(resumed_dir, sets=LARGER)  # the same command, budget and all
     assert "Resuming after epoch 1" in rerun.stdout
     assert "Time budget" not in rerun.stdout and "Re-planned" not in rerun.stdout
     metrics = json.loads((resumed_dir / "metrics.json").read_text())

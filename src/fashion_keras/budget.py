@@ -34,8 +34,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from fashion_keras import files
+from fashion_keras import files, models
 from fashion_keras.callbacks import WSD_COOLDOWN, AnnealLearningRate, StopAtStep, wsd_anneal_start
+from fashion_keras.config import with_larger_model
 from fashion_keras.data import make_dataset
 from fashion_keras.layers import AddMoves
 from fashion_keras.rundir import RunError
@@ -76,6 +77,8 @@ class Plan:
     lr_horizon_epochs: float | None = None  # the planned epochs, when the deadline cut them
     lr_stretches: list | None = None  # [epochs done, epochs planned before] of each anneal re-plan
     stopped_at_s: float | None = None  # seconds on the run's clock when the deadline stopped it
+    smaller_model_epochs: float | None = None  # what the config's `model` fitted, when the
+    # plan chose its `larger_model` (see `wants_larger_model`)
 
 
 def with_epochs(config, epochs, lr_horizon_epochs=None, lr_stretches=None):
@@ -151,6 +154,20 @@ def plan_epochs(
         final_passes=round(final_passes, 4),
         warmup_epochs=warmup,
     )
+
+
+def wants_larger_model(config, plan):
+    """Whether the budget, planned as `plan` for the config's `model`, fits enough epochs
+    (`larger_model.from_epochs`) to train its `larger_model` instead.
+
+    A fast CPU fits many epochs in a short budget; there a larger network learns more in
+    it than the small one does in more epochs (docs/speedrun.md).
+    """
+    from_epochs = config.larger_model.from_epochs
+    if from_epochs is None or plan.epochs < from_epochs:
+        return False
+    larger = with_larger_model(config)
+    return models.model_args(**larger.model_kwargs()) != models.model_args(**config.model_kwargs())
 
 
 def final_seconds(validation_s, final_passes, writes_s):
@@ -391,10 +408,13 @@ def describe(plan):
             + ("; the rest of the anneal moves with it" if stretched else "")
         )
     again = f", planned again after {plan.warmup_epochs} warm-up" if plan.warmup_epochs else ""
+    larger = ""
+    if plan.smaller_model_epochs is not None:
+        larger = f" of the larger model (the configured one fit {plan.smaller_model_epochs:g})"
     return (
         f"Time budget {plan.time_budget_s:g} s: {plan.planned_at_s:.1f} s used to start and "
-        f"measure; {plan.seconds_per_epoch:.1f} s per epoch ({plan.train_images_per_s:,.0f} "
-        f"images/s) -> {decided}{again}"
+        f"measure; {plan.seconds_per_epoch:.1f} s per epoch{larger} "
+        f"({plan.train_images_per_s:,.0f} images/s) -> {decided}{again}"
     )
 
 

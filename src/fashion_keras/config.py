@@ -1,7 +1,8 @@
 """Run configuration: YAML files loaded into validated dataclasses.
 
 Section keys are the arguments of the functions they feed: `model` goes to
-`build_model`, `data` to `load_data`, `training` to `model.compile`/`model.fit`.
+`build_model`, `data` to `load_data`, `training` to `model.compile`/`model.fit`;
+`larger_model` holds `model` arguments for a time budget that fits many epochs.
 Every mistake is a `ConfigError` naming the key, raised before anything is trained.
 
 A config is a YAML file or the name of a preset shipped with the package
@@ -80,10 +81,19 @@ class DistributeConfig:
 
 
 @dataclasses.dataclass
+class LargerModelConfig:
+    from_epochs: float | None = None  # with training.time_budget_s: where the budget fits at
+    # least this many epochs of `model` (by the plan's first measure), train the larger one
+    # instead, planned from its own measure; null: never. Ignored with training.epochs
+    model: dict = dataclasses.field(default_factory=dict)  # the `model` arguments that change
+
+
+@dataclasses.dataclass
 class Config:
     name: str | None = None  # run name; defaults to the model variant
     seed: int = 42
     model: dict = dataclasses.field(default_factory=lambda: {"variant": "baseline"})
+    larger_model: LargerModelConfig = dataclasses.field(default_factory=LargerModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
     distribute: DistributeConfig = dataclasses.field(default_factory=DistributeConfig)
@@ -98,6 +108,12 @@ class Config:
 
     def to_dict(self):
         return dataclasses.asdict(self)
+
+
+def with_larger_model(config):
+    """`config` training its `larger_model` (which the result no longer offers)."""
+    model = {**config.model, **config.larger_model.model}
+    return dataclasses.replace(config, model=model, larger_model=LargerModelConfig())
 
 
 _UNIONS = (typing.Union, types.UnionType)
@@ -219,6 +235,12 @@ def _check_ranges(config):
             "its planned and than the next pair's planned (the last pair's: "
             "training.lr_horizon_epochs, or else training.epochs)",
         ),
+        (
+            "larger_model.from_epochs",
+            config.larger_model.from_epochs,
+            config.larger_model.from_epochs is None or config.larger_model.from_epochs >= 1,
+            "at least 1, or null for never",
+        ),
         ("training.batch_size", t.batch_size, t.batch_size >= 1, "at least 1"),
         ("training.learning_rate", t.learning_rate, t.learning_rate > 0, "greater than 0"),
         (
@@ -278,6 +300,11 @@ def _check_ranges(config):
         models.model_args(**config.model_kwargs())
     except ValueError as e:
         raise ConfigError(f"model: {e}") from None
+    if config.larger_model.model:
+        try:
+            models.model_args(**with_larger_model(config).model_kwargs())
+        except ValueError as e:
+            raise ConfigError(f"larger_model.model: {e}") from None
 
 
 def _stretches_ok(stretches, end):

@@ -114,7 +114,7 @@ def train(config, output=None, data_dir=None, verbose=None, clock=None):
         resumed_from = first_epoch  # the warm-up below moves first_epoch on
         planned_now = setup.config.training.epochs is None  # else planned by an earlier process
         if planned_now:
-            setup = plan_budget(setup, model, train_data, validation, len(test[0]), clock)
+            setup, model = plan_budget(setup, model, train_data, validation, len(test[0]), clock)
         if config.training.time_budget_s and warm_up_due(setup.run_dir, first_epoch):
             setup, first_epoch, state = warm_up(
                 setup, model, train_data, validation, (first_epoch, state), clock, verbose
@@ -247,7 +247,8 @@ def run_config(config, run_dir):
     """The config the run in `run_dir` uses, checking (reading only) that it may use it.
 
     A run that planned its epochs for a time budget (`plan.json`) keeps them when the same
-    budget is asked again, so a resumed run never re-plans.
+    budget is asked again, so a resumed run never re-plans; and the larger model, if its
+    plan chose `larger_model`.
 
     Raises:
         RunError: `run_dir` is not ours (see `rundir.check_ownership`), is finished, or
@@ -258,6 +259,8 @@ def run_config(config, run_dir):
     plan = rundir.read_json(run_dir / "plan.json")
     asked = cfg.dump_config(config)
     if plan and config.training.time_budget_s == plan["time_budget_s"]:
+        if plan.get("smaller_model_epochs") is not None:  # the plan chose the larger model
+            config = cfg.with_larger_model(config)
         config = budget.with_epochs(
             config, plan["epochs"], plan.get("lr_horizon_epochs"), plan.get("lr_stretches")
         )
@@ -376,13 +379,29 @@ def build_and_restore(setup, images):
 
 def plan_budget(setup, model, train_data, validation, test_size, clock):
     """Measures the speed, fixes the epochs that fit `training.time_budget_s`, and records
-    the decision in `plan.json` and then `config.yaml`. Returns the setup with those epochs.
+    the decision in `plan.json` and then `config.yaml`. Where the budget fits
+    `larger_model.from_epochs` of the configured network, the larger network is built
+    (from the same seed, as a run configured with it would be) and planned instead.
+
+    Returns:
+        `(setup, model)`: the setup with those epochs (and the network chosen), its model.
 
     Raises:
         RunError: not even one epoch fits (nothing is written then).
     """
+    plan = _plan(setup, model, train_data, validation, test_size, clock)
+    if budget.wants_larger_model(setup.config, plan):
+        setup = dataclasses.replace(setup, config=cfg.with_larger_model(setup.config))
+        keras.utils.set_random_seed(setup.config.seed)
+        model = build_and_restore(setup, train_data[0])[0]
+        larger = _plan(setup, model, train_data, validation, test_size, clock)
+        plan = dataclasses.replace(larger, smaller_model_epochs=plan.epochs)
+    return record_plan(setup, plan), model
+
+
+def _plan(setup, model, train_data, validation, test_size, clock):
     with setup.strategy.scope():
-        plan = budget.plan_epochs(
+        return budget.plan_epochs(
             model,
             setup.config,
             train_data,
@@ -392,7 +411,6 @@ def plan_budget(setup, model, train_data, validation, test_size, clock):
             scratch_dir=setup.run_dir / rundir.SCRATCH,
             elapsed_s=clock,
         )
-    return record_plan(setup, plan)
 
 
 def record_plan(setup, plan):
