@@ -23,6 +23,9 @@ def test_shipped_presets_hold_the_tutorial_recipe():
     moves = {"random_shift": 1, "test_time_shift": 1}
     larger = {"convs_per_block": [1, 2], "batch_norm": True}
     assert shifted.model == {**load_config("fast").model, **moves, **larger}
+    # `fast` takes that larger network where its budget fits 14 epochs or more.
+    assert load_config("fast").larger_model.model == larger
+    assert load_config("fast").larger_model.from_epochs == 14
     fast = load_config("fast").training
     assert fast.label_smoothing == 0.1
     assert shifted.training == dataclasses.replace(fast, label_smoothing=0.0)
