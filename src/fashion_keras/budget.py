@@ -410,11 +410,12 @@ def describe(plan):
     again = f", planned again after {plan.warmup_epochs} warm-up" if plan.warmup_epochs else ""
     larger = ""
     if plan.smaller_model_epochs is not None:
-        larger = f" of the larger model (the configured one fit {plan.smaller_model_epochs:g})"
+        fit = f"{plan.smaller_model_epochs:g} epochs"
+        larger = f" of the larger model (the configured one fit {fit})"
     return (
         f"Time budget {plan.time_budget_s:g} s: {plan.planned_at_s:.1f} s used to start and "
-        f"measure; {plan.seconds_per_epoch:.1f} s per epoch{larger} "
-        f"({plan.train_images_per_s:,.0f} images/s) -> {decided}{again}"
+        f"measure; {plan.seconds_per_epoch:.1f} s per epoch ({plan.train_images_per_s:,.0f} "
+        f"images/s){larger} -> {decided}{again}"
     )
 
 
