@@ -26,11 +26,19 @@ from fashion_keras.models import load_model  # noqa: E402 (registers our layers 
 from fashion_keras.uncertainty import ensemble_predict  # noqa: E402
 
 
-def scores(models, splits):
-    """Accuracy of the mean softmax of `models` on each `(x, y)` of `splits` (a dict)."""
+def probabilities(model, splits):
+    """The softmax of `model` on the images of each `(x, y)` of `splits` (a dict)."""
     return {
-        name: float(np.mean(ensemble_predict(models, x, verbose=0).probabilities.argmax(1) == y))
-        for name, (x, y) in splits.items()
+        name: ensemble_predict([model], x, verbose=0).probabilities
+        for name, (x, _) in splits.items()
+    }
+
+
+def accuracies(members, splits):
+    """Accuracy of the mean of `members` (from `probabilities`) on each split of `splits`."""
+    return {
+        name: float(np.mean(np.mean([p[name] for p in members], 0).argmax(1) == y))
+        for name, (_, y) in splits.items()
     }
 
 
@@ -45,11 +53,11 @@ def main():
     splits = {"validation": validation, "test": test}
     rows = []
     for paths in args.members:
-        models = [load_model(path) for path in paths]
-        for path, model in zip(paths, models, strict=True):
-            rows.append({"models": [path], **scores([model], splits)})
-        if len(models) > 1:
-            rows.append({"models": paths, **scores(models, splits)})
+        members = [probabilities(load_model(path), splits) for path in paths]  # one pass each
+        for path, member in zip(paths, members, strict=True):
+            rows.append({"models": [path], **accuracies([member], splits)})
+        if len(members) > 1:
+            rows.append({"models": paths, **accuracies(members, splits)})
     print(f"{'models':100s} {'validation':>10s} {'test':>8s}")
     for row in rows:
         print(f"{' + '.join(row['models']):100s} {row['validation']:10.4f} {row['test']:8.4f}")
