@@ -64,7 +64,9 @@ CONTENDERS = {
     "keras-bf16": "naive Keras bfloat16",
     "pytorch": "PyTorch eager",
 }
-RESULT_LINE = "Test accuracy "  # what `fashion-keras train` prints when the test result is in
+# What `fashion-keras train` prints when a test result is in: the last such line is the
+# run's (an ensemble prints one for each member first).
+RESULT_LINE = "Test accuracy "
 LONG_S = 1800  # budgets from here on run --long-seeds seeds
 
 
@@ -179,7 +181,7 @@ def run_child(command, label, limit_s):
     """Runs `command` from the repository root, echoing its progress lines after `[label]`.
 
     Returns (exit status, wall seconds from launch to exit, wall seconds from launch to the
-    line that gives the test result (None if none did), the end of its stderr). A child still
+    last line that gives a test result (None if none did), the end of its stderr). A child still
     running after `limit_s` is killed.
     """
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
@@ -191,7 +193,7 @@ def run_child(command, label, limit_s):
         watchdog.start()
         for line in child.stdout:
             line = line.decode(errors="replace").rstrip()
-            if line.startswith(RESULT_LINE) and result_s is None:
+            if line.startswith(RESULT_LINE):
                 result_s = round(time.time() - launched, 2)
             # Not Keras' "Epoch k/N" headers, nor the metrics JSON that `train` prints last.
             if line and line[0] not in "{} " and not line.startswith("Epoch "):

@@ -68,6 +68,9 @@ class TrainingConfig:
     # run lowers it to the most that divide an epoch's batches, and the learning rate changes
     # once a call
     jit_compile: bool = False  # XLA; measured slower on CPU here (see bench/)
+    members: int = 1  # networks trained one after another (seeds seed, seed + 1000, ...),
+    # each to an equal share of the time budget, and evaluated as one: the mean of their
+    # softmax (fashion_keras.ensemble)
 
     def __post_init__(self):
         if isinstance(self.epochs, float) and self.epochs.is_integer():
@@ -200,6 +203,11 @@ def _check_ranges(config):
             "training.time_budget_s cannot be used with distribute.strategy=multi_worker "
             "(each worker would measure its own speed); set training.epochs instead"
         )
+    if t.members > 1 and config.distribute.strategy == "multi_worker":
+        raise ConfigError(
+            "training.members cannot be more than 1 with distribute.strategy=multi_worker; "
+            "train the members as separate runs and average them with `fashion-keras predict`"
+        )
     checks = [
         (
             "seed",
@@ -240,6 +248,13 @@ def _check_ranges(config):
             config.larger_model.from_epochs,
             config.larger_model.from_epochs is None or config.larger_model.from_epochs >= 1,
             "at least 1, or null for never",
+        ),
+        (
+            "training.members",
+            t.members,
+            t.members >= 1 and config.seed + 1000 * (t.members - 1) < 2**32,
+            "at least 1, with seed + 1000 * (training.members - 1) below 2**32 (the last "
+            "member's seed)",
         ),
         ("training.batch_size", t.batch_size, t.batch_size >= 1, "at least 1"),
         ("training.learning_rate", t.learning_rate, t.learning_rate > 0, "greater than 0"),
@@ -444,6 +459,17 @@ def load_config(path=None, overrides=()):
                 f"found a YAML {type(values).__name__}"
             )
     return from_dict(apply_overrides(values, overrides))
+
+
+def resolved_text(path):
+    """A saved `config.yaml` as `dump_config` writes it today (None if it no longer loads).
+
+    Files written before the model section was spelled out resolve with today's variants.
+    """
+    try:
+        return dump_config(load_config(path))
+    except ConfigError:
+        return None
 
 
 def dump_config(config):

@@ -109,6 +109,26 @@ def make_strategy(strategy="auto", cpu_devices=None):
     return tf.distribute.get_strategy()
 
 
+def predict_logits(strategy, model, x, batch_size):
+    """`model`'s outputs for all of `x` (as numpy), predicted under `strategy`.
+
+    Under MultiWorkerMirroredStrategy every worker predicts every image: `predict` would
+    give each worker its shard only.
+    """
+    import numpy as np
+
+    starts = range(0, len(x), batch_size)
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return np.concatenate([model(x[i : i + batch_size], training=False) for i in starts])
+    if strategy.num_replicas_in_sync == 1:
+        # A batch a call: at several (training.steps_per_execution), predict() traces its
+        # unrolled function again for the last, shorter call, 0.7 s at 10 a call that the
+        # budget's reserve for the end did not hold (docs/results.md, 2026-12-04).
+        return np.concatenate([model.predict_on_batch(x[i : i + batch_size]) for i in starts])
+    with strategy.scope():
+        return model.predict(x, batch_size=batch_size, verbose=0)
+
+
 def agree_on_epoch(strategy, epoch):
     """The fewest epochs any worker has backed up: where the whole job can resume.
 

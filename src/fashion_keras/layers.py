@@ -18,6 +18,9 @@ right and left: five views (`build_cnn(test_time_shift=1)`).
 On JAX and PyTorch every layer here runs Keras' own ops, so a model saved on one backend
 loads and predicts the same on the others.
 
+`LogMeanSoftmax`: the output of an ensemble (`fashion_keras.ensemble`), the log of its members'
+mean softmax, which as logits gives that mean back.
+
 Call a model with these layers as `model(x, training=False)`, or use `predict`: in Keras
 3.15.1 and earlier, a bare `model(x)` hands the augmentation layers' default `training=True`
 on to the layers after them (keras-team/keras#23166), so the mirrors would be added but not
@@ -184,6 +187,26 @@ class AverageMirrors(AverageViews):
     def __init__(self, **kwargs):
         kwargs.pop("views", None)  # always 2
         super().__init__(views=2, **kwargs)
+
+
+@keras.saving.register_keras_serializable(package="fashion_keras")
+class LogMeanSoftmax(keras.layers.Layer):
+    """The log of the mean of several logits' softmax: an ensemble's logits.
+
+    Takes a list of logit tensors of one shape; `softmax` of the output is the mean of their
+    softmax probabilities. Computed as a log-sum-exp of log-probabilities, so confident
+    members do not underflow.
+
+    Example:
+        >>> logits = LogMeanSoftmax()([member(inputs) for member in members])
+    """
+
+    def call(self, logits):
+        log_p = keras.ops.stack([keras.ops.log_softmax(x, axis=-1) for x in logits])
+        return keras.ops.logsumexp(log_p, axis=0) - keras.ops.log(float(len(logits)))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
 
 
 @keras.saving.register_keras_serializable(package="fashion_keras")

@@ -27,6 +27,31 @@ def predictive_entropy(probabilities):
     return -(p * np.log(np.clip(p, np.finfo("float64").tiny, None))).sum(axis=-1)
 
 
+def log_softmax(logits):
+    """The log of the softmax of each row of `logits`, in float64.
+
+    Example:
+        >>> np.exp(log_softmax(np.zeros((1, 10))))  # 0.1 each
+    """
+    logits = np.asarray(logits, dtype="float64")
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def logit_scores(logits, y_true):
+    """`(loss, accuracy)` of a network's logits: the cross-entropy of the true class, in
+    nats, and the share of rows whose largest logit is the true class.
+
+    Example:
+        >>> logit_scores(np.eye(10)[[3, 7]], np.array([3, 1]))[1]
+        0.5
+    """
+    log_p = log_softmax(logits)
+    y = check_labels(y_true, len(log_p), log_p.shape[1])
+    loss = -log_p[np.arange(len(y)), y].mean()
+    return float(loss), float(np.mean(log_p.argmax(axis=1) == y))
+
+
 def _check_probabilities(probabilities, y_true):
     """Probabilities as float64 (N, K) and labels as int (N,) in [0, K), or a ValueError."""
     p = np.asarray(probabilities, dtype="float64")

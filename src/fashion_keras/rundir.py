@@ -33,6 +33,17 @@ class RunError(UserError):
     """The run directory cannot be used as asked."""
 
 
+@dataclasses.dataclass
+class TrainResult:
+    """What `fashion_keras.train.train` returns."""
+
+    model: object  # the keras.Model the run evaluated and saved
+    history: object  # a pandas DataFrame, one row per epoch, as in history.csv
+    metrics: dict  # as in metrics.json
+    run_dir: Path
+    logits: dict | None = None  # "validation" and "test": the evaluated network's outputs
+
+
 def check_ownership(run_dir):
     """Raises `RunError` unless `run_dir` is absent, empty or one of ours, and unfinished.
 
@@ -158,6 +169,11 @@ def load_run(run_dir):
     import pandas as pd
 
     run_dir = Path(run_dir)
+    if (run_dir / "member-1").is_dir():
+        raise RunError(
+            f"{run_dir} holds an ensemble, whose members are runs: name one, e.g. "
+            f"{run_dir / 'member-1'} (`fashion-keras evaluate {run_dir}` scores the ensemble)"
+        )
     if not (run_dir / "history.csv").is_file():
         raise RunError(f"{run_dir} is not a run directory (no history.csv)")
     return {

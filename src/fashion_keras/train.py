@@ -24,15 +24,16 @@ import pandas as pd
 import tensorflow as tf
 
 import fashion_keras.layers  # noqa: F401  (registers the project's layers for load_model)
-from fashion_keras import budget, distribute, failpoints, files, machine, rundir
+from fashion_keras import budget, distribute, ensemble, failpoints, files, machine, rundir
 from fashion_keras import callbacks as cb
 from fashion_keras import config as cfg
 from fashion_keras.data import load_data, make_dataset, train_size
 from fashion_keras.errors import interrupt_status, raise_pending_interrupt
 from fashion_keras.losses import SmoothedSparseCrossentropy
 from fashion_keras.machine import seconds_since_process_start
+from fashion_keras.metrics import logit_scores
 from fashion_keras.models import build_model, whiten_first_conv
-from fashion_keras.rundir import RunError
+from fashion_keras.rundir import RunError, TrainResult
 from fashion_keras.uncertainty import fit_temperature
 
 
@@ -47,14 +48,6 @@ class TrainingInterrupted(Exception):
         self.run_dir = run_dir
         self.epochs_done = epochs_done
         self.exit_status = exit_status  # 130 for Ctrl-C, 143 for SIGTERM
-
-
-@dataclasses.dataclass
-class TrainResult:
-    model: keras.Model
-    history: pd.DataFrame  # one row per epoch, as in history.csv
-    metrics: dict  # as in metrics.json
-    run_dir: Path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,8 +84,12 @@ def train(config, output=None, data_dir=None, verbose=None, clock=None):
             `training.time_budget_s` counts; default the seconds since this call (the
             command line counts from process start).
 
+    With `training.members` above 1 it trains an ensemble instead (see
+    `fashion_keras.ensemble`).
+
     Returns:
-        A `TrainResult` with the model, the per-epoch history, the metrics and the run dir.
+        A `TrainResult` with the model, the per-epoch history, the metrics, the run dir and
+        the evaluated network's validation and test logits.
 
     Raises:
         RunError: the run directory is someone else's, finished, or being written by another
@@ -105,6 +102,8 @@ def train(config, output=None, data_dir=None, verbose=None, clock=None):
     clock = clock or stopwatch()
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
+    if config.training.members > 1:
+        return ensemble.train_members(train, config, output, data_dir, verbose, clock)
     setup = set_up(config, output)
     train_data, validation, test = load_data(data_dir, **dataclasses.asdict(config.data))
     steps = epoch_steps(setup, len(train_data[0]))
@@ -131,17 +130,20 @@ def train(config, output=None, data_dir=None, verbose=None, clock=None):
                 setup = with_plan(setup, read_plan(setup.run_dir))
         with resumable(setup):
             evaluated_epoch, model = kept_model(setup, model)
-            test_loss, test_accuracy = evaluate(setup, model, test)
-            temperature, val_accuracy = fit_run_temperature(setup, model, validation)
+            logits = {"test": evaluate(setup, model, test)}
+            logits["validation"] = predict(setup, model, validation[0])
+        test_loss, test_accuracy = logit_scores(logits["test"], test[1])
         return write_results(
             setup,
             model,
             {
-                "test_loss": float(test_loss),
-                "test_accuracy": float(test_accuracy),
-                "val_accuracy": val_accuracy,
+                "test_loss": test_loss,
+                "test_accuracy": test_accuracy,
+                "val_accuracy": logit_scores(logits["validation"], validation[1])[1],
                 "evaluated_epoch": evaluated_epoch,
-                "temperature": temperature,
+                # What calibrates the evaluated network, fitted on the validation split; the
+                # temperature `predict --temperature run` uses.
+                "temperature": fit_temperature(logits["validation"], validation[1]),
                 "resumed_from_epoch": resumed_from,
                 "train_size": len(train_data[0]),
                 "val_size": len(validation[0]),
@@ -149,6 +151,7 @@ def train(config, output=None, data_dir=None, verbose=None, clock=None):
             },
             clock,
             planned_now,
+            logits,
         )
 
 
@@ -232,17 +235,6 @@ def whole_calls(config, global_batch):
     return dataclasses.replace(config, training=training)
 
 
-def _resolved_text(path):
-    """A saved `config.yaml` as `dump_config` writes it today (None if it no longer loads).
-
-    Files written before the model section was spelled out resolve with today's variants.
-    """
-    try:
-        return cfg.dump_config(cfg.load_config(path))
-    except cfg.ConfigError:
-        return None
-
-
 def run_config(config, run_dir):
     """The config the run in `run_dir` uses, checking (reading only) that it may use it.
 
@@ -273,7 +265,7 @@ def run_config(config, run_dir):
         for epochs in (before, plan.get("lr_horizon_epochs")):
             for kept in (stretches, stretches[:-1]) if epochs else ():
                 allowed.add(cfg.dump_config(budget.with_epochs(config, epochs, None, kept)))
-    if saved.exists() and _resolved_text(saved) not in allowed:
+    if saved.exists() and cfg.resolved_text(saved) not in allowed:
         raise RunError(
             f"{run_dir} holds an unfinished run with a different config or network; resume it "
             f"with its own: --config {saved} --output {run_dir}, or choose another --output"
@@ -624,35 +616,17 @@ def kept_model(setup, model):
     return epoch, model
 
 
+def predict(setup, model, x):
+    """`model`'s logits for `x`, as float64 (see `distribute.predict_logits`)."""
+    logits = distribute.predict_logits(setup.strategy, model, x, setup.global_batch)
+    return np.asarray(logits, dtype="float64")
+
+
 def evaluate(setup, model, test):
-    """Test loss and accuracy of `model`: `(loss, accuracy)` (see `rundir.scores`)."""
-    with setup.strategy.scope():
-        result = rundir.scores(model, *test, batch_size=setup.global_batch)
+    """The test logits of `model`: the one time a run looks at the test set."""
+    logits = predict(setup, model, test[0])
     failpoints.reached("evaluated")
-    return result
-
-
-def fit_run_temperature(setup, model, validation):
-    """The temperature that calibrates the evaluated model, fitted on the validation split
-    (`uncertainty.fit_temperature`), and the model's validation accuracy: `(temperature,
-    accuracy)`. `metrics.json` keeps both; the temperature is `predict --temperature run`'s.
-    """
-    x_val, y_val = validation
-    batch = setup.global_batch
-    starts = range(0, len(x_val), batch)
-    if isinstance(setup.strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        # predict() would give each worker its shard of the images: call the model on all.
-        logits = np.concatenate([model(x_val[i : i + batch], training=False) for i in starts])
-    elif setup.strategy.num_replicas_in_sync == 1:
-        # A batch a call: at several (training.steps_per_execution), predict() traces its
-        # unrolled function again for the last, shorter call, 0.7 s at 10 a call that the
-        # budget's reserve for the end did not hold (docs/results.md, 2026-12-04).
-        logits = np.concatenate([model.predict_on_batch(x_val[i : i + batch]) for i in starts])
-    else:
-        with setup.strategy.scope():
-            logits = model.predict(x_val, batch_size=batch, verbose=0)
-    accuracy = float(np.mean(np.argmax(logits, axis=1) == y_val))
-    return fit_temperature(np.asarray(logits, dtype="float64"), y_val), accuracy
+    return logits
 
 
 def _budget_record(plan, planned_now, wall_time_s):
@@ -670,7 +644,7 @@ def _budget_record(plan, planned_now, wall_time_s):
     return {"time_budget_s": plan["time_budget_s"], "budget_kept": kept}
 
 
-def write_results(setup, model, results, clock, planned_now):
+def write_results(setup, model, results, clock, planned_now, logits):
     """Writes `model.keras` and then `metrics.json` (which marks the run complete), removes
     the backup, and returns the `TrainResult`. `planned_now`: this process planned the
     budget (so `clock` counts the whole run)."""
@@ -717,4 +691,4 @@ def write_results(setup, model, results, clock, planned_now):
         f"{metrics['best_val_loss']:.4f} at epoch {metrics['best_epoch']}; {setup.output}",
         flush=True,
     )
-    return TrainResult(model=model, history=history, metrics=metrics, run_dir=setup.output)
+    return TrainResult(model, history, metrics, setup.output, logits)

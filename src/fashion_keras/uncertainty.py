@@ -31,6 +31,7 @@ from fashion_keras.metrics import (
     check_labels,
     error_detection_auroc,
     expected_calibration_error,
+    log_softmax,
     negative_log_likelihood,
     ood_auroc,
     predictive_entropy,
@@ -191,17 +192,11 @@ def _resolve_verbose(verbose):
     return int(verbose)
 
 
-def _log_softmax(logits):
-    logits = np.asarray(logits, dtype="float64")
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-
-
 def _average_passes(logits_of_passes, passes, method):
     """`Predictions` of the mean softmax of `passes` logit arrays (an iterable, read once)."""
     probabilities, pass_entropy = 0.0, 0.0
     for logits in logits_of_passes:
-        log_p = _log_softmax(logits)
+        log_p = log_softmax(logits)
         p = np.exp(log_p)
         probabilities = probabilities + p / passes
         pass_entropy = pass_entropy - (p * log_p).sum(axis=-1) / passes
@@ -316,7 +311,7 @@ def _one_pass(model, x, batch_size, temperature, method):
     check_int("batch_size", batch_size, minimum=1)
     x = _check_images(model, x)
     logits = np.asarray(model.predict(x, batch_size=batch_size, verbose=0), dtype="float64")
-    probabilities = np.exp(_log_softmax(logits / temperature))
+    probabilities = np.exp(log_softmax(logits / temperature))
     entropy = predictive_entropy(probabilities)
     return Predictions(probabilities, entropy, np.zeros_like(entropy), 1, method)
 
@@ -339,7 +334,7 @@ def _check_logits(logits):
 
 
 def _temperature_nll(log_temperature, logits, y):
-    log_p = _log_softmax(logits / np.exp(log_temperature))
+    log_p = log_softmax(logits / np.exp(log_temperature))
     return -log_p[np.arange(len(y)), y].mean()
 
 
