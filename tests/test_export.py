@@ -89,6 +89,27 @@ def test_a_mixed_precision_model_exports_in_float32(trained, images, tmp_path):
     assert export.check_parity(model, run, images[2]).passed
 
 
+@pytest.mark.parametrize("format", ["onnx", "litert"])
+def test_an_ensemble_of_mixed_precision_members_exports_in_float32(
+    trained, images, tmp_path, format
+):
+    from fashion_keras.ensemble import ensemble_model
+
+    members = []
+    keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+    try:
+        for variant in ("moves", "baseline"):
+            member = build_model(**MOVES) if variant == "moves" else build_model(variant)
+            member.set_weights(trained[variant].get_weights())
+            members.append(member)
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    model = ensemble_model(members)  # float32 itself: its members are not
+    path = tmp_path / export.FORMATS[format][1]
+    export.export_model(model, path, format)
+    assert export.check_parity(model, export.load_exported(path, format), images[2]).passed
+
+
 def _finished_run(run_dir, model):
     """A run directory as `train` leaves it: its config and its final model."""
     run_dir.mkdir()

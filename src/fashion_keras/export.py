@@ -79,6 +79,13 @@ def _check_backend():
         )
 
 
+def _layers(model):
+    """`model` and every layer in it, those of nested models (an ensemble's members) too."""
+    yield model
+    for layer in model.layers:
+        yield from _layers(layer) if hasattr(layer, "layers") else [layer]
+
+
 def inference_model(model):
     """A float32 copy of `model` whose call always runs in inference mode.
 
@@ -95,7 +102,7 @@ def inference_model(model):
         config["dtype"] = "float32"
         return layer.__class__.from_config(config)
 
-    if model.dtype_policy.name != "float32":
+    if any(layer.dtype_policy.name != "float32" for layer in _layers(model)):
         copy = keras.models.clone_model(model, clone_function=float32_layer, recursive=True)
         copy.set_weights(model.get_weights())
         model = copy
