@@ -4,7 +4,9 @@ A run directory holds `config.yaml` (written once the epochs are known), with a 
 `plan.json` (just before it), `history.csv` (a row per epoch), `best.keras` (the best epoch
 so far, once that epoch is committed), `logs/` (TensorBoard), `backup/` (while the run is
 unfinished), and at the end `model.keras` and `metrics.json` (written last: its presence
-means the run is complete).
+means the run is complete). An ensemble (`training.members`, see `fashion_keras.ensemble`)
+holds `config.yaml`, a run directory per member (`member-1/`, ...) and at the end its own
+`model.keras` and `metrics.json`.
 
 The contract: a run directory is new, empty, or one of ours (it holds our `config.yaml` or
 `plan.json`); one process writes it at a time (`claim`); only the exact temporaries we
