@@ -81,6 +81,19 @@ class Plan:
     # plan chose its `larger_model` (see `wants_larger_model`)
 
 
+def record(time_budget_s, planned_now, wall_time_s):
+    """What `metrics.json` says of a time budget: asked (None without one) and kept (None
+    when an earlier process planned it: the run's time was split between processes)."""
+    kept = wall_time_s <= time_budget_s if time_budget_s and planned_now else None
+    if kept is False:
+        print(
+            f"Time budget exceeded: the test result came at {wall_time_s:.1f} s of "
+            f"{time_budget_s:g} s",
+            flush=True,
+        )
+    return {"time_budget_s": time_budget_s, "budget_kept": kept}
+
+
 def with_epochs(config, epochs, lr_horizon_epochs=None, lr_stretches=None):
     """`config` with a fixed number of epochs instead of a time budget."""
     training = dataclasses.replace(

@@ -18,7 +18,6 @@ test again), resumes the member in flight as any run resumes, then trains the re
 """
 
 import dataclasses
-from datetime import datetime
 from pathlib import Path
 
 import keras
@@ -26,8 +25,8 @@ import numpy as np
 import pandas as pd
 from scipy.special import logsumexp
 
+from fashion_keras import budget, distribute, files, rundir
 from fashion_keras import config as cfg
-from fashion_keras import distribute, files, rundir
 from fashion_keras.data import load_data
 from fashion_keras.layers import LogMeanSoftmax
 from fashion_keras.machine import seconds_since_process_start
@@ -49,9 +48,7 @@ END_RESERVE_S = 2.0
 def train_members(train, config, output, data_dir, verbose, clock):
     """Trains the ensemble `config` asks for; `train(config, output, data_dir, verbose,
     clock)` trains one member. Arguments and result as `fashion_keras.train.train`'s."""
-    if output is None:
-        output = Path("runs") / f"{config.run_name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    output = Path(output)
+    output = Path(output or rundir.default_output(config.run_name))
     check_run_dir(output, config)
     with rundir.claim(output):
         check_run_dir(output, config)  # another process may have finished it meanwhile
@@ -118,10 +115,10 @@ def train_member(train, config, output, k, where, clock):
     run_dir = member_dir(output, k)
     started = clock()
     member = member_config(config, k, member_budget(config, run_dir, k, started))
-    budget = member.training.time_budget_s
+    seconds = member.training.time_budget_s
     print(
         f"Member {k + 1} of {config.training.members}: seed {member.seed}"
-        + (f", {budget:g} s of the budget" if budget else ""),
+        + (f", {seconds:g} s of the budget" if seconds else ""),
         flush=True,
     )
     data_dir, verbose = where
@@ -190,7 +187,8 @@ def write_results(config, output, members, data, timing):
         "val_accuracy": logit_scores(logits["validation"], y_val)[1],
         "temperature": fit_temperature(logits["validation"], y_val),
         **_member_record(config, members),
-        **_budget_record(config, planned_now, round(clock(), 2)),
+        "wall_time_s": (wall_time_s := round(clock(), 2)),
+        **budget.record(config.training.time_budget_s, planned_now, wall_time_s),
         "process_wall_time_s": seconds_since_process_start(),
     }
     files.write_json(output / "metrics.json", metrics)  # marks the ensemble complete
@@ -228,19 +226,3 @@ def _member_record(config, members):
         **{k: first[k] for k in ("train_size", "val_size", "test_size", "precision", "device")},
         **{k: first[k] for k in ("backend", "tensorflow_version", "keras_version")},
     }
-
-
-def _budget_record(config, planned_now, wall_time_s):
-    """The budget asked for, the seconds used, and whether they kept it (None unless this
-    process planned every member: the time was split between processes then)."""
-    budget = config.training.time_budget_s
-    kept = None
-    if budget and planned_now:
-        kept = wall_time_s <= budget
-        if not kept:
-            print(
-                f"Time budget exceeded: the test result came at {wall_time_s:.1f} s of "
-                f"{budget:g} s",
-                flush=True,
-            )
-    return {"wall_time_s": wall_time_s, "time_budget_s": budget, "budget_kept": kept}

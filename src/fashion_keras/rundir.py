@@ -46,6 +46,13 @@ class TrainResult:
     logits: dict | None = None  # "validation" and "test": the evaluated network's outputs
 
 
+def default_output(run_name):
+    """Where a run goes when no `--output` is given: `runs/<run_name>-<timestamp>`."""
+    from datetime import datetime
+
+    return Path("runs") / f"{run_name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
 def check_ownership(run_dir):
     """Raises `RunError` unless `run_dir` is absent, empty or one of ours, and unfinished.
 

@@ -15,7 +15,6 @@ import dataclasses
 import math
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 
 import keras
@@ -182,9 +181,7 @@ def set_up(config, output=None):
         raise RunError(
             "distribute.strategy=multi_worker needs --output: every worker must name the same run"
         )
-    if output is None:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        output = Path("runs") / f"{config.run_name}-{stamp}"
+    output = output or rundir.default_output(config.run_name)
     # $TF_CONFIG says who is chief only for a multi-worker job; other workers write a
     # private copy of the run directory.
     chief = not multi_worker or distribute.is_chief()
@@ -629,21 +626,6 @@ def evaluate(setup, model, test):
     return logits
 
 
-def _budget_record(plan, planned_now, wall_time_s):
-    """What metrics.json says of the time budget: asked, used, kept (None when an earlier
-    process planned it: the run's time was split between processes)."""
-    if plan is None:
-        return {"time_budget_s": None, "budget_kept": None}
-    kept = wall_time_s <= plan["time_budget_s"] if planned_now else None
-    if kept is False:
-        print(
-            f"Time budget exceeded: the test result came at {wall_time_s:.1f} s of "
-            f"{plan['time_budget_s']:g} s",
-            flush=True,
-        )
-    return {"time_budget_s": plan["time_budget_s"], "budget_kept": kept}
-
-
 def write_results(setup, model, results, clock, planned_now, logits):
     """Writes `model.keras` and then `metrics.json` (which marks the run complete), removes
     the backup, and returns the `TrainResult`. `planned_now`: this process planned the
@@ -661,7 +643,7 @@ def write_results(setup, model, results, clock, planned_now, logits):
     metrics = {
         **results,
         "wall_time_s": wall_time_s,
-        **_budget_record(plan, planned_now, wall_time_s),
+        **budget.record(plan and plan["time_budget_s"], planned_now, wall_time_s),
         "best_epoch": int(best["epoch"]),
         "best_val_loss": float(best["val_loss"]),
         "epochs": epochs,
