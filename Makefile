@@ -130,7 +130,7 @@ bench: data ## throughput, and 5-epoch accuracy over 3 seeds: naive Keras vs thi
 bench-export: data ## batch-1 latency, throughput and parity of SavedModel, ONNX and LiteRT beside Keras
 	$(BIN)/python bench/export_latency.py --json bench/export.json
 
-frontier: data ## test accuracy within 1, 5 and 30 min over seeds: presets vs naive Keras (f32, bf16) vs PyTorch (~5 h)
+frontier: data ## test accuracy within 1, 5 and 30 min over seeds: presets vs naive Keras (f32, bf16) vs PyTorch (~5 h; rerun goes on)
 	$(BIN)/python bench/frontier.py $(FRONTIER_ARGS)
 
 profile: data ## where a training step's time goes, layer by layer, against the matmul peak

@@ -18,16 +18,24 @@ the last epoch that fits in it. Every figure is a mean and standard deviation ov
 
     python bench/frontier.py [--budgets 1,5,30] [--seeds 3] [--long-seeds 2]
         [--contenders project,keras,keras-bf16,pytorch] [--preset NAME] [--set KEY=VALUE]
-        [--train-limit N] [--json OUT] [--plot OUT.png]
+        [--train-limit N] [--runs DIR] [--json OUT] [--plot OUT.png]
 
 `--set` passes a config override to every project run (a recipe tried against its preset:
 `--contenders project --budgets 5 --set model.random_translation=0.0715`).
 
 The defaults take about 5 hours on 2 cores (every contender: 3 x (1 + 5) + 2 x 30 minutes).
-Prints a table and writes JSON and a plot. Not part of the tests.
+Prints a table and writes JSON and a plot.
+
+Each run's result is kept in `DIR/results/` as it ends (`--runs`, default runs/frontier), so
+a frontier that was stopped, or one asked for more budgets or seeds, goes on where it was:
+the same command keeps the results it finds and runs the rest. A run stopped midway starts
+again from launch (a resumed run's time would not be its time from launch to result), in a
+directory of its own. Results are kept only for the same machine, versions, code and
+options (`DIR/frontier-setup.json`); for anything else, pass a new `--runs`.
 """
 
 import argparse
+import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -43,6 +51,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import fashion_keras
 from fashion_keras import files, rundir
 from fashion_keras.machine import ISA_FLAGS, cpu_flags, describe_cpu, seconds_since_process_start
 
@@ -68,6 +77,7 @@ CONTENDERS = {
 # run's (an ensemble prints one for each member first).
 RESULT_LINE = "Test accuracy "
 LONG_S = 1800  # budgets from here on run --long-seeds seeds
+VERSIONED = ("tensorflow", "keras", "torch", "numpy")
 
 
 def preset_for(seconds):
@@ -212,7 +222,7 @@ def run_child(command, label, limit_s):
 
 def run_curve(key, seconds, seed, train_limit, tmp):
     """One run of a constant-rate contender up to `seconds`: its whole curve."""
-    name, out = f"{CONTENDERS[key]}, seed {seed}", Path(tmp) / f"{key}-seed{seed}.json"
+    name, out = f"{CONTENDERS[key]}, seed {seed}", unused_path(tmp / f"{key}-seed{seed}.json")
     command = [sys.executable, str(Path(__file__).resolve()), "--child", key]
     command += ["--seconds", f"{seconds:g}", "--seed", str(seed), "--json", str(out)]
     command += ["--train-limit", str(train_limit)] if train_limit else []
@@ -232,7 +242,7 @@ def run_curve(key, seconds, seed, train_limit, tmp):
         flush=True,
     )
     result = {"seed": seed, "command": shlex.join(["python", *command[1:]]), "exit_status": status}
-    result.update(stopped_past_budget=stopped, wall_s=wall)
+    result.update(stopped_past_budget=stopped, wall_s=wall, up_to_s=seconds)
     return {**result, "stderr_tail": tail if status and not stopped else None, "curve": curve}
 
 
@@ -240,7 +250,7 @@ def run_project(seconds, seed, preset, overrides, train_limit, tmp):
     """One `fashion-keras train` run with a time budget of `seconds` (and `overrides`,
     `--set` arguments)."""
     label = f"fashion_keras {preset}, {seconds / 60:g} min, seed {seed}"
-    output = Path(tmp) / f"{seconds:g}s-seed{seed}"
+    output = unused_path(tmp / f"{seconds:g}s-seed{seed}")
     command = [sys.executable, "-m", "fashion_keras.cli", "train", "--config", preset]
     command += ["--set", f"training.time_budget_s={seconds:g}", "--set", f"seed={seed}"]
     command += ["--output", str(output)]
@@ -284,6 +294,73 @@ def run_project(seconds, seed, preset, overrides, train_limit, tmp):
         flush=True,
     )
     return run
+
+
+# Keeping results: what a stopped frontier has measured is not measured again.
+def unused_path(path):
+    """`path`, or `path-2`, `path-3`, ... if an earlier, stopped attempt left it there."""
+    attempt, free = 1, path
+    while free.exists():
+        attempt += 1
+        free = path.with_name(f"{path.stem}-{attempt}{path.suffix}")
+    return free
+
+
+def code_digest():
+    """A digest of the package's code and presets and of this bench's."""
+    package = Path(fashion_keras.__file__).parent
+    paths = sorted([*package.rglob("*.py"), *package.rglob("*.yaml")])
+    paths += [Path(__file__).resolve(), Path(__file__).with_name("contenders.py")]
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def setup_of(args):
+    """What a result kept from an earlier frontier must share with this one's."""
+    return {
+        "machine": describe_cpu(),
+        "versions": {p: version(p) for p in VERSIONED},
+        "code": code_digest(),
+        "preset": args.preset,
+        "overrides": args.overrides,
+        "train_limit": args.train_limit,
+    }
+
+
+def results_dir(runs, setup):
+    """`runs/results`, once `runs` is known to keep results of this setup only."""
+    recorded = runs / "frontier-setup.json"
+    if recorded.exists():
+        kept = json.loads(recorded.read_text())
+        if differs := [key for key in setup if kept.get(key) != setup[key]]:
+            sys.exit(
+                f"frontier: --runs {runs} keeps results measured with another "
+                f"{', '.join(differs)} (see {recorded}); pass a new --runs DIR to measure again"
+            )
+    else:
+        files.write_json(recorded, setup)
+    (runs / "results").mkdir(exist_ok=True)
+    return runs / "results"
+
+
+def finished(result):
+    """Whether a run's result is worth keeping: not a failed run, to be tried again."""
+    if "metrics" in result:  # the project's
+        return result["metrics"] is not None
+    return not result["exit_status"] or result["stopped_past_budget"]
+
+
+def kept_or_run(path, run, covers=lambda result: True):
+    """The result kept at `path` if it `covers` what is asked, else `run()`'s, kept there."""
+    if path.exists() and covers(result := json.loads(path.read_text())):
+        print(f"kept from an earlier frontier ({result['ended']}): {path}", flush=True)
+        return result
+    result = {**run(), "ended": datetime.now(UTC).isoformat(timespec="seconds")}
+    if finished(result):
+        files.write_json(path, result)
+    return result
 
 
 # Reading the results: each contender's figure for each budget, over seeds.
@@ -451,7 +528,12 @@ def parse_args(argv):
         help="a config override for every project run; repeatable",
     )
     parser.add_argument("--train-limit", type=int, metavar="N", help="class-balanced subset")
-    parser.add_argument("--runs", metavar="DIR", help="keep the project's run directories here")
+    parser.add_argument(
+        "--runs",
+        default="runs/frontier",
+        metavar="DIR",
+        help="the runs and their results, kept for a rerun (default runs/frontier)",
+    )
     parser.add_argument("--json", default="bench/frontier.json", metavar="OUT")
     parser.add_argument("--plot", default="bench/frontier.png", metavar="OUT.png")
     parser.add_argument(
@@ -491,6 +573,34 @@ def parse_args(argv):
     return args
 
 
+def project_runs(args, runs, results):
+    """The project's run for each budget and seed, kept or run now."""
+    return [
+        kept_or_run(
+            results / f"project-{s:g}s-seed{seed}.json",
+            lambda s=s, seed=seed: run_project(
+                s, seed, args.preset or preset_for(s), args.overrides, args.train_limit, runs
+            ),
+        )
+        for s in args.budgets
+        for seed in seeds_for(s, args)
+    ]
+
+
+def curves(key, args, runs, results):
+    """A constant-rate contender's curve for each seed, up to the largest budget that needs
+    the seed, kept or run now."""
+    longest = {seed: s for s in args.budgets for seed in seeds_for(s, args)}
+    return [
+        kept_or_run(
+            results / f"{key}-seed{seed}.json",
+            lambda s=s, seed=seed: run_curve(key, s, seed, args.train_limit, runs),
+            covers=lambda curve, s=s: curve["up_to_s"] >= s,
+        )
+        for seed, s in longest.items()
+    ]
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
@@ -499,31 +609,21 @@ def main(argv=None):
     line = f"CPU: {describe_cpu()}, {platform.platform()}"
     print(f"{line}\nbudgets: {', '.join(f'{s / 60:g}' for s in args.budgets)} minutes\n")
 
+    # Absolute, because the contenders run from the repository root and a relative --runs
+    # means the caller's.
+    runs = Path(args.runs).resolve()
+    runs.mkdir(parents=True, exist_ok=True)
+    results = results_dir(runs, setup_of(args))
     contenders = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        # Where the runs go: kept with --runs, else removed at the end. Absolute, because the
-        # contenders run from the repository root and a relative --runs means the caller's.
-        tmp = Path(args.runs or tmp).resolve()
-        for key in args.contenders:
-            name = CONTENDERS[key]
-            if key == "project":
-                runs = [
-                    run_project(
-                        s, seed, args.preset or preset_for(s), args.overrides, args.train_limit, tmp
-                    )
-                    for s in args.budgets
-                    for seed in seeds_for(s, args)
-                ]
-                contenders[name] = {"runs": runs}
-            elif key == "pytorch" and importlib.util.find_spec("torch") is None:
-                print(f"{name}: skipped, torch is not installed (pip install torch)", flush=True)
-                contenders[name] = {"skipped": "torch is not installed"}
-            else:  # each seed's curve up to the largest budget that needs the seed
-                longest = {seed: s for s in args.budgets for seed in seeds_for(s, args)}
-                curves = [
-                    run_curve(key, s, seed, args.train_limit, tmp) for seed, s in longest.items()
-                ]
-                contenders[name] = {"curves": curves}
+    for key in args.contenders:
+        name = CONTENDERS[key]
+        if key == "project":
+            contenders[name] = {"runs": project_runs(args, runs, results)}
+        elif key == "pytorch" and importlib.util.find_spec("torch") is None:
+            print(f"{name}: skipped, torch is not installed (pip install torch)", flush=True)
+            contenders[name] = {"skipped": "torch is not installed"}
+        else:
+            contenders[name] = {"curves": curves(key, args, runs, results)}
 
     report = {
         "machine": line,
