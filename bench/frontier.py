@@ -26,12 +26,13 @@ the last epoch that fits in it. Every figure is a mean and standard deviation ov
 The defaults take about 5 hours on 2 cores (every contender: 3 x (1 + 5) + 2 x 30 minutes).
 Prints a table and writes JSON and a plot.
 
-Each run's result is kept in `DIR/results/` as it ends (`--runs`, default runs/frontier), so
-a frontier that was stopped, or one asked for more budgets or seeds, goes on where it was:
-the same command keeps the results it finds and runs the rest. A run stopped midway starts
-again from launch (a resumed run's time would not be its time from launch to result), in a
-directory of its own. Results are kept only for the same machine, versions, code and
-options (`DIR/frontier-setup.json`); for anything else, pass a new `--runs`.
+Each run's result is kept as it ends, in a folder of `--runs` (default runs/frontier) named
+after the setup: the CPU's name, family, model, flags and cores, Python's and the packages'
+versions, the Keras backend, a digest of the code, and the options. A frontier that was
+stopped, or one asked for more budgets or seeds, goes on where it was: the same command with
+the same setup keeps the results it finds there and runs the rest; another setup starts
+afresh in a folder of its own. A run stopped midway starts again from launch (a resumed
+run's time would not be its time from launch to result), in a directory of its own.
 """
 
 import argparse
@@ -42,6 +43,7 @@ import json
 import os
 import platform
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -77,7 +79,7 @@ CONTENDERS = {
 # run's (an ensemble prints one for each member first).
 RESULT_LINE = "Test accuracy "
 LONG_S = 1800  # budgets from here on run --long-seeds seeds
-VERSIONED = ("tensorflow", "keras", "torch", "numpy")
+VERSIONED = ("tensorflow", "keras", "torch", "jax", "numpy")
 
 
 def preset_for(seconds):
@@ -201,15 +203,18 @@ def run_child(command, label, limit_s):
         child = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=stderr)
         watchdog = threading.Timer(limit_s, child.kill)
         watchdog.start()
-        for line in child.stdout:
-            line = line.decode(errors="replace").rstrip()
-            if line.startswith(RESULT_LINE):
-                result_s = round(time.time() - launched, 2)
-            # Not Keras' "Epoch k/N" headers, nor the metrics JSON that `train` prints last.
-            if line and line[0] not in "{} " and not line.startswith("Epoch "):
-                print(f"  [{label}] {line}", flush=True)
-        status, wall = child.wait(), time.time() - launched
-        watchdog.cancel()
+        try:
+            for line in child.stdout:
+                line = line.decode(errors="replace").rstrip()
+                if line.startswith(RESULT_LINE):
+                    result_s = round(time.time() - launched, 2)
+                # Not Keras' "Epoch k/N" headers, nor the metrics JSON that `train` prints last.
+                if line and line[0] not in "{} " and not line.startswith("Epoch "):
+                    print(f"  [{label}] {line}", flush=True)
+            status, wall = child.wait(), time.time() - launched
+        finally:  # stopped (Ctrl-C, SIGTERM): no run goes on beside the next frontier
+            watchdog.cancel()
+            child.kill()
         stderr.seek(0)
         tail = stderr.read()[-3000:] + (f"\n(killed after {limit_s:.0f} s)" if status == -9 else "")
     if status == -9:
@@ -222,7 +227,7 @@ def run_child(command, label, limit_s):
 
 def run_curve(key, seconds, seed, train_limit, tmp):
     """One run of a constant-rate contender up to `seconds`: its whole curve."""
-    name, out = f"{CONTENDERS[key]}, seed {seed}", unused_path(tmp / f"{key}-seed{seed}.json")
+    name, out = f"{CONTENDERS[key]}, seed {seed}", unused_path(tmp, f"{key}-seed{seed}", ".json")
     command = [sys.executable, str(Path(__file__).resolve()), "--child", key]
     command += ["--seconds", f"{seconds:g}", "--seed", str(seed), "--json", str(out)]
     command += ["--train-limit", str(train_limit)] if train_limit else []
@@ -235,7 +240,8 @@ def run_curve(key, seconds, seed, train_limit, tmp):
     curve = json.loads(out.read_text())["curve"] if out.exists() else []
     if not status and not out.exists():
         print(f"{name}: exit 0 but no curve in {out}", file=sys.stderr)
-    stopped = status == -9  # by the watchdog: what follows would all be past the budget
+    # By the watchdog (not the kernel's OOM killer): what follows would all be past the budget.
+    stopped = status == -9 and wall >= past_budget_s
     print(
         f"{name}: {len(curve)} epoch(s) in {clock(wall)}, "
         + ("stopped past the budget" if stopped else f"exit {status}"),
@@ -250,7 +256,7 @@ def run_project(seconds, seed, preset, overrides, train_limit, tmp):
     """One `fashion-keras train` run with a time budget of `seconds` (and `overrides`,
     `--set` arguments)."""
     label = f"fashion_keras {preset}, {seconds / 60:g} min, seed {seed}"
-    output = unused_path(tmp / f"{seconds:g}s-seed{seed}")
+    output = unused_path(tmp, f"{seconds:g}s-seed{seed}")
     command = [sys.executable, "-m", "fashion_keras.cli", "train", "--config", preset]
     command += ["--set", f"training.time_budget_s={seconds:g}", "--set", f"seed={seed}"]
     command += ["--output", str(output)]
@@ -297,12 +303,13 @@ def run_project(seconds, seed, preset, overrides, train_limit, tmp):
 
 
 # Keeping results: what a stopped frontier has measured is not measured again.
-def unused_path(path):
-    """`path`, or `path-2`, `path-3`, ... if an earlier, stopped attempt left it there."""
-    attempt, free = 1, path
+def unused_path(directory, stem, suffix=""):
+    """`directory/stem+suffix`, or `stem-2`, `stem-3`, ... if an earlier, stopped attempt
+    left it there."""
+    attempt, free = 1, directory / f"{stem}{suffix}"
     while free.exists():
         attempt += 1
-        free = path.with_name(f"{path.stem}-{attempt}{path.suffix}")
+        free = directory / f"{stem}-{attempt}{suffix}"
     return free
 
 
@@ -310,9 +317,9 @@ def code_digest():
     """A digest of the package's code and presets and of this bench's."""
     package = Path(fashion_keras.__file__).parent
     paths = sorted([*package.rglob("*.py"), *package.rglob("*.yaml")])
-    paths += [Path(__file__).resolve(), Path(__file__).with_name("contenders.py")]
+    here = Path(__file__).resolve()
     digest = hashlib.sha256()
-    for path in paths:
+    for path in [*paths, here, here.with_name("contenders.py")]:
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
@@ -321,7 +328,10 @@ def setup_of(args):
     """What a result kept from an earlier frontier must share with this one's."""
     return {
         "machine": describe_cpu(),
+        "usable_cores": len(os.sched_getaffinity(0)),
+        "python": platform.python_version(),
         "versions": {p: version(p) for p in VERSIONED},
+        "keras_backend": os.environ.get("KERAS_BACKEND"),
         "code": code_digest(),
         "preset": args.preset,
         "overrides": args.overrides,
@@ -329,34 +339,28 @@ def setup_of(args):
     }
 
 
-def results_dir(runs, setup):
-    """`runs/results`, once `runs` is known to keep results of this setup only."""
-    recorded = runs / "frontier-setup.json"
-    if recorded.exists():
-        kept = json.loads(recorded.read_text())
-        if differs := [key for key in setup if kept.get(key) != setup[key]]:
-            sys.exit(
-                f"frontier: --runs {runs} keeps results measured with another "
-                f"{', '.join(differs)} (see {recorded}); pass a new --runs DIR to measure again"
-            )
-    else:
-        files.write_json(recorded, setup)
-    (runs / "results").mkdir(exist_ok=True)
-    return runs / "results"
+def setup_dir(runs, setup):
+    """The folder of `runs` that keeps this setup's runs and results, `runs/<its digest>`."""
+    text = json.dumps(setup, sort_keys=True, indent=2)
+    folder = runs / hashlib.sha256(text.encode()).hexdigest()[:12]
+    if not (folder / "setup.json").exists():
+        files.write_text(folder / "setup.json", text + "\n")
+    (folder / "results").mkdir(exist_ok=True)
+    return folder
 
 
 def finished(result):
     """Whether a run's result is worth keeping: not a failed run, to be tried again."""
     if "metrics" in result:  # the project's
         return result["metrics"] is not None
-    return not result["exit_status"] or result["stopped_past_budget"]
+    return result["stopped_past_budget"] or (not result["exit_status"] and result["curve"])
 
 
 def kept_or_run(path, run, covers=lambda result: True):
     """The result kept at `path` if it `covers` what is asked, else `run()`'s, kept there."""
     if path.exists() and covers(result := json.loads(path.read_text())):
         print(f"kept from an earlier frontier ({result['ended']}): {path}", flush=True)
-        return result
+        return {**result, "kept": True}
     result = {**run(), "ended": datetime.now(UTC).isoformat(timespec="seconds")}
     if finished(result):
         files.write_json(path, result)
@@ -601,6 +605,26 @@ def curves(key, args, runs, results):
     ]
 
 
+def measure(args, folder):
+    """Every contender's runs, kept in `folder` or run now."""
+    contenders = {}
+    for key in args.contenders:
+        name = CONTENDERS[key]
+        if key == "project":
+            contenders[name] = {"runs": project_runs(args, folder, folder / "results")}
+        elif key == "pytorch" and importlib.util.find_spec("torch") is None:
+            print(f"{name}: skipped, torch is not installed (pip install torch)", flush=True)
+            contenders[name] = {"skipped": "torch is not installed"}
+        else:
+            contenders[name] = {"curves": curves(key, args, folder, folder / "results")}
+    return contenders
+
+
+def runs_of(contender):
+    """A contender's results: the project's runs or a naive contender's curves."""
+    return contender.get("runs") or contender.get("curves") or []
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
@@ -611,27 +635,23 @@ def main(argv=None):
 
     # Absolute, because the contenders run from the repository root and a relative --runs
     # means the caller's.
-    runs = Path(args.runs).resolve()
-    runs.mkdir(parents=True, exist_ok=True)
-    results = results_dir(runs, setup_of(args))
-    contenders = {}
-    for key in args.contenders:
-        name = CONTENDERS[key]
-        if key == "project":
-            contenders[name] = {"runs": project_runs(args, runs, results)}
-        elif key == "pytorch" and importlib.util.find_spec("torch") is None:
-            print(f"{name}: skipped, torch is not installed (pip install torch)", flush=True)
-            contenders[name] = {"skipped": "torch is not installed"}
-        else:
-            contenders[name] = {"curves": curves(key, args, runs, results)}
+    folder = setup_dir(Path(args.runs).resolve(), setup := setup_of(args))
+    print(f"runs and their results: {folder}\n", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # the run under way stops too
+    try:
+        with rundir.claim(folder):  # the folder exists: its lock is all that can fail
+            contenders = measure(args, folder)
+    except rundir.RunError:
+        sys.exit(f"frontier: another frontier is measuring in {folder}; wait for it to end")
 
     report = {
         "machine": line,
         "isa": [flag for flag in ISA_FLAGS if flag in cpu_flags()],
         "cores": os.cpu_count(),
-        "versions": {p: version(p) for p in ("tensorflow", "keras", "torch", "numpy")},
+        "versions": {p: version(p) for p in VERSIONED},
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": shlex.join(["python", sys.argv[0], *argv]),
+        "results_setup": setup,  # what kept results share (see setup_of)
         "setup": {
             "budgets_s": args.budgets,
             "train_limit": args.train_limit,
@@ -645,6 +665,10 @@ def main(argv=None):
         "frontier": frontier(contenders, args.budgets, args),
     }
     print_table(report["frontier"], [CONTENDERS[key] for key in args.contenders])
+    if kept := [r["ended"] for c in contenders.values() for r in runs_of(c) if r.get("kept")]:
+        print(
+            f"\n{len(kept)} result(s) kept from earlier frontiers, ended {min(kept)} to {max(kept)}"
+        )
     files.write_text(args.json, json.dumps(report, indent=2) + "\n")
     with files.atomic_path(args.plot) as part:
         plot_frontier(report).savefig(part, dpi=120, format="png")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 # The instruction sets that decide float32 and bfloat16 speed on a CPU.
 ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+CPU_NUMBERS = (("family", "cpu family"), ("model", "model"))  # /proc/cpuinfo's fields
 
 
 def cpu_info(field):
@@ -31,10 +32,13 @@ def cpu_flags():
 
 
 def describe_cpu():
-    """ "Intel(R) Xeon(R) Processor (avx2 avx512f avx512_bf16 amx_bf16), 2 cores"."""
-    model = cpu_info("model name") or platform.processor() or platform.machine()
-    isa = [flag for flag in ISA_FLAGS if flag in cpu_flags()]
-    return f"{model} ({' '.join(isa) or 'no AVX2'}), {os.cpu_count()} cores"
+    """ "AMD EPYC (family 25, model 17; avx2 avx512f avx512_bf16), 2 cores": the CPU's name,
+    its family and model numbers where /proc/cpuinfo has them (a virtual machine's "AMD EPYC"
+    names several generations), and the instruction sets that decide its speed here."""
+    name = cpu_info("model name") or platform.processor() or platform.machine()
+    numbers = [f"{key} {cpu_info(field)}" for key, field in CPU_NUMBERS if cpu_info(field)]
+    isa = " ".join(flag for flag in ISA_FLAGS if flag in cpu_flags()) or "no AVX2"
+    return f"{name} ({'; '.join(filter(None, [', '.join(numbers), isa]))}), {os.cpu_count()} cores"
 
 
 def seconds_since_process_start():
