@@ -546,7 +546,13 @@ def test_a_budgeted_run_records_its_plan_and_keeps_its_budget(budgeted):
     model = yaml.safe_load((run_dir / "config.yaml").read_text())["model"]
     assert model["convs_per_block"] == [1, 2] and model["batch_norm"] is True
     assert "Re-planned after the 1 warm-up epoch(s)" in result.stdout
-    assert plan["time_budget_s"] == BUDGET and plan["expected_end_s"] <= BUDGET
+    assert plan["time_budget_s"] == BUDGET
+    # The plan fits, or the machine slowed down and the plan keeps the least it may (one more
+    # epoch after the warm-up, one more batch within the anneal) and says it will not fit (CI
+    # machine, 2026-12-06: 15.05 epochs after 15, expected at 25.1 s of 25).
+    if plan["expected_end_s"] > BUDGET:
+        assert plan["epochs"] <= plan["replanned_after_epochs"] + 1
+        assert "(more than the budget allows)" in result.stdout
     assert plan["warmup_epochs"] == 1 and plan["first_epochs"] > 1
     assert plan["planned_at_s"] < plan["replanned_at_s"] < BUDGET
     assert saved["epochs"] == plan["epochs"] > 1
