@@ -548,8 +548,8 @@ def test_a_budgeted_run_records_its_plan_and_keeps_its_budget(budgeted):
     assert "Re-planned after the 1 warm-up epoch(s)" in result.stdout
     assert plan["time_budget_s"] == BUDGET
     # The plan fits, or the machine slowed down and the plan keeps the least it may (one more
-    # epoch after the warm-up, one more batch within the anneal) and says it will not fit (CI
-    # machine, 2026-12-06: 15.05 epochs after 15, expected at 25.1 s of 25).
+    # epoch after the warm-up, one more batch within the anneal) and says it will not fit
+    # (`make test` on a slow Zen 4 VM, 2026-12-06: 15.05 epochs after 15, expected at 25.1 s).
     if plan["expected_end_s"] > BUDGET:
         assert plan["epochs"] <= plan["replanned_after_epochs"] + 1
         assert "(more than the budget allows)" in result.stdout
