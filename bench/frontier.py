@@ -648,7 +648,7 @@ def main(argv=None):
         "machine": line,
         "isa": [flag for flag in ISA_FLAGS if flag in cpu_flags()],
         "cores": os.cpu_count(),
-        "versions": {p: version(p) for p in VERSIONED},
+        "versions": setup["versions"],
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": shlex.join(["python", sys.argv[0], *argv]),
         "results_setup": setup,  # what kept results share (see setup_of)
