@@ -23,7 +23,8 @@ the last epoch that fits in it. Every figure is a mean and standard deviation ov
 `--set` passes a config override to every project run (a recipe tried against its preset:
 `--contenders project --budgets 5 --set model.random_translation=0.0715`).
 
-The defaults take about 5 hours on 2 cores (every contender: 3 x (1 + 5) + 2 x 30 minutes).
+The defaults take about 5 hours on 2 cores: the preset runs 3 x (1 + 5) + 2 x 30 minutes,
+each other contender one curve per seed up to its longest budget (2 x 30 + 5 minutes).
 Prints a table and writes JSON and a plot.
 
 Each run's result is kept as it ends, in a folder of `--runs` (default runs/frontier) named

@@ -36,8 +36,9 @@ def describe_cpu():
     its family and model numbers where /proc/cpuinfo has them (a virtual machine's "AMD EPYC"
     names several generations), and the instruction sets that decide its speed here."""
     name = cpu_info("model name") or platform.processor() or platform.machine()
-    numbers = [f"{key} {cpu_info(field)}" for key, field in CPU_NUMBERS if cpu_info(field)]
-    isa = " ".join(flag for flag in ISA_FLAGS if flag in cpu_flags()) or "no AVX2"
+    numbers = [f"{key} {value}" for key, field in CPU_NUMBERS if (value := cpu_info(field))]
+    flags = cpu_flags()
+    isa = " ".join(flag for flag in ISA_FLAGS if flag in flags) or "no AVX2"
     return f"{name} ({'; '.join(filter(None, [', '.join(numbers), isa]))}), {os.cpu_count()} cores"
 
 
