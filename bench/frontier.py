@@ -56,7 +56,7 @@ from pathlib import Path
 
 import fashion_keras
 from fashion_keras import files, rundir
-from fashion_keras.machine import ISA_FLAGS, cpu_flags, describe_cpu, seconds_since_process_start
+from fashion_keras.machine import describe_cpu, isa_flags, seconds_since_process_start
 
 from contenders import keras_tutorial_model, torch_tutorial_net
 
@@ -647,7 +647,7 @@ def main(argv=None):
 
     report = {
         "machine": line,
-        "isa": [flag for flag in ISA_FLAGS if flag in cpu_flags()],
+        "isa": isa_flags(),
         "cores": os.cpu_count(),
         "versions": setup["versions"],
         "date": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -31,14 +31,19 @@ def cpu_flags():
     return set(cpu_info("flags").split())
 
 
+def isa_flags():
+    """Which of ISA_FLAGS this CPU has, in ISA_FLAGS' order (e.g. ["avx2", "avx512f"])."""
+    flags = cpu_flags()
+    return [flag for flag in ISA_FLAGS if flag in flags]
+
+
 def describe_cpu():
     """ "AMD EPYC (family 25, model 17; avx2 avx512f avx512_bf16), 2 cores": the CPU's name,
     its family and model numbers where /proc/cpuinfo has them (a virtual machine's "AMD EPYC"
     names several generations), and the instruction sets that decide its speed here."""
     name = cpu_info("model name") or platform.processor() or platform.machine()
     numbers = [f"{key} {value}" for key, field in CPU_NUMBERS if (value := cpu_info(field))]
-    flags = cpu_flags()
-    isa = " ".join(flag for flag in ISA_FLAGS if flag in flags) or "no AVX2"
+    isa = " ".join(isa_flags()) or "no AVX2"
     return f"{name} ({'; '.join(filter(None, [', '.join(numbers), isa]))}), {os.cpu_count()} cores"
 
 
