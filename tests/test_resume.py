@@ -112,8 +112,9 @@ def assert_resumed(run_dir, rerun, resumed_from, reference):
 def test_several_batches_a_call_divide_the_epoch_and_resume_bit_identical(tmp_path, capsys):
     # 1,000 images are 8 batches: Keras, running whole calls of 3, would train 9 an epoch,
     # and every later epoch would start off its first batch (a resumed one starts on it).
-    # The kill needs a process of its own; the other two runs train in this one.
-    sets = [*SETS, "training.steps_per_execution=3"]
+    # The kill needs a process of its own; the other two runs train in this one. Lookahead
+    # steps back after every call: at an epoch's end the weights are its slow ones.
+    sets = [*SETS, "training.steps_per_execution=3", "training.lookahead=0.5"]
     train(load_config("baseline", sets), output=tmp_path / "whole", verbose=0)
     assert "training.steps_per_execution=2, not 3" in capsys.readouterr().out
     assert load_config(tmp_path / "whole" / "config.yaml").training.steps_per_execution == 2

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from fashion_keras import build_cnn
+from fashion_keras import callbacks as cb
 from fashion_keras import train as train_module
 from fashion_keras.config import TrainingConfig, load_config
 from fashion_keras.data import load_data, make_dataset
@@ -114,6 +115,32 @@ def test_label_smoothing_trains_and_stays_with_the_saved_model(tmp_path):
     test_loss = float(plain(y_test, saved.predict(x_test, verbose=0)))
     assert result.metrics["test_loss"] == pytest.approx(test_loss, rel=1e-4)
     assert evaluate_run(result.run_dir)["test_loss"] == pytest.approx(test_loss, rel=1e-4)
+
+
+def test_lookahead_steps_back_after_every_call_of_a_run(tmp_path, monkeypatch):
+    # 1,000 images are 8 batches, 4 calls of 2: after each, the weights Keras trained go
+    # half-way back to the slow ones, which then move there; the run saves where they end.
+    calls = []
+    step_back = cb.Lookahead.on_train_batch_end
+
+    def watched(self, batch, logs=None):
+        trained = [np.array(v.value) for v in self.model.trainable_variables]
+        slow = [np.array(s) for s in self.slow]
+        step_back(self, batch, logs)
+        calls.append((trained, slow, [np.array(v.value) for v in self.model.trainable_variables]))
+
+    monkeypatch.setattr(cb.Lookahead, "on_train_batch_end", watched)
+    sets = [*SMOKE, "training.lookahead=0.5", "training.steps_per_execution=2"]
+    result = train(load_config("baseline", sets), tmp_path / "run", verbose=0)
+    assert len(calls) == 4
+    for (trained, slow, after), (_, next_slow, _) in zip(calls, [*calls[1:], calls[-1]]):
+        for t, s, a, n in zip(trained, slow, after, next_slow):
+            assert not np.allclose(t, s)  # the call trained
+            np.testing.assert_allclose(a, s + 0.5 * (t - s), rtol=1e-6, atol=1e-7)
+            np.testing.assert_array_equal(n, a)  # the next call steps back to here
+    saved = load_model(result.run_dir / "model.keras").trainable_variables
+    for a, v in zip(calls[-1][2], saved):
+        np.testing.assert_array_equal(np.array(v.value), a)
 
 
 @pytest.mark.slow

@@ -265,6 +265,32 @@ class StopAtStep(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class Lookahead(keras.callbacks.Callback):
+    """Lookahead (Zhang et al., 2019) over whole compiled calls: after each call of
+    `steps_per_execution` batches the trained ("fast") weights step back to
+    `slow + step_size * (fast - slow)`, which become the next call's slow weights.
+
+    The optimizer's own state (Adam's moments) is left as it is, and only trainable
+    weights take part (batch normalisation's statistics stay as trained). Keras calls back
+    after each call, and a run's calls divide its epochs (`train.whole_calls`), so at every
+    epoch's end the weights are the slow ones: what a backup holds, and all a resumed run
+    needs. `step_size` is TF Addons' `slow_step_size`, the paper's alpha.
+    """
+
+    def __init__(self, step_size):
+        super().__init__()
+        self.step_size = step_size
+
+    def on_train_begin(self, logs=None):
+        self.slow = [keras.ops.copy(v.value) for v in self.model.trainable_variables]
+
+    def on_train_batch_end(self, batch, logs=None):
+        for i, variable in enumerate(self.model.trainable_variables):
+            slow = self.slow[i] + self.step_size * (variable.value - self.slow[i])
+            variable.assign(slow)
+            self.slow[i] = slow
+
+
 class RunState(keras.callbacks.Callback):
     """Commits, after every epoch, all a resumed `fit(initial_epoch=...)` needs.
 

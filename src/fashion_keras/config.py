@@ -58,6 +58,9 @@ class TrainingConfig:
     # within the anneal (callbacks.AnnealLearningRate.stretch)
     label_smoothing: float = 0.0  # each training target spread over the other classes:
     # 1 - s + s/10 on the true class, s/10 on the others (losses.SmoothedSparseCrossentropy)
+    lookahead: float = 0.0  # after each compiled call (steps_per_execution batches) the
+    # weights step back toward where the call began: slow + lookahead * (trained - slow),
+    # Lookahead's step size (callbacks.Lookahead); 0: off
     whitened_init: bool = False  # the first convolution starts as a whitening of the
     # training images' patches, at Keras' initial loudness (models.whiten_first_conv)
     early_stopping_patience: int | None = None  # stop after N epochs without a better
@@ -269,6 +272,13 @@ def _check_ranges(config):
             t.steps_per_execution,
             t.steps_per_execution >= 1,
             "at least 1",
+        ),
+        (
+            "training.lookahead",
+            t.lookahead,
+            0 <= t.lookahead <= 1 and (not t.lookahead or t.steps_per_execution >= 2),
+            "0 (off) or a step size of at most 1 (0.5 is usual), with "
+            "training.steps_per_execution at least 2 (it steps back after each call)",
         ),
         (
             "training.early_stopping_patience",

@@ -510,6 +510,8 @@ def make_callbacks(setup, steps, state, before_commit=()):
         ]
     if total % steps or t.lr_schedule != "constant":  # a fraction of an epoch; a moving end
         schedule.append(cb.StopAtStep(total, steps))
+    if t.lookahead:
+        schedule.append(cb.Lookahead(t.lookahead))
     return [
         cb.RaisePendingInterrupt(),
         keras.callbacks.TerminateOnNaN(),  # a diverged run stops; evaluate() says so
