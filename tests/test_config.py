@@ -137,6 +137,15 @@ def test_overrides_are_typed_and_nested():
             "training.steps_per_execution must be at least 1",
         ),
         (
+            {"training": {"lookahead": 1.5, "steps_per_execution": 10}},
+            "training.lookahead must be 0 (off) or a step size of at most 1",
+        ),
+        (
+            {"training": {"lookahead": 0.5}},  # steps_per_execution 1: a step back every batch
+            "with training.steps_per_execution at least 2 (it steps back after each call). "
+            "Received: training.lookahead=0.5",
+        ),
+        (
             {"training": {"epochs": None, "time_budget_s": 5}},
             "training.time_budget_s must be at least 10",
         ),

@@ -122,25 +122,27 @@ def test_lookahead_steps_back_after_every_call_of_a_run(tmp_path, monkeypatch):
     # half-way back to the slow ones, which then move there; the run saves where they end.
     calls = []
     step_back = cb.Lookahead.on_train_batch_end
+    copies = lambda variables: [keras.ops.convert_to_numpy(v).copy() for v in variables]  # noqa: E731
 
     def watched(self, batch, logs=None):
-        trained = [np.array(v.value) for v in self.model.trainable_variables]
-        slow = [np.array(s) for s in self.slow]
+        trained, slow = copies(self.model.trainable_variables), copies(self.slow)
         step_back(self, batch, logs)
-        calls.append((trained, slow, [np.array(v.value) for v in self.model.trainable_variables]))
+        calls.append((trained, slow, copies(self.model.trainable_variables)))
 
     monkeypatch.setattr(cb.Lookahead, "on_train_batch_end", watched)
     sets = [*SMOKE, "training.lookahead=0.5", "training.steps_per_execution=2"]
     result = train(load_config("baseline", sets), tmp_path / "run", verbose=0)
     assert len(calls) == 4
-    for (trained, slow, after), (_, next_slow, _) in zip(calls, [*calls[1:], calls[-1]]):
-        for t, s, a, n in zip(trained, slow, after, next_slow):
+    for trained, slow, after in calls:
+        for t, s, a in zip(trained, slow, after, strict=True):
             assert not np.allclose(t, s)  # the call trained
             np.testing.assert_allclose(a, s + 0.5 * (t - s), rtol=1e-6, atol=1e-7)
+    for (_, _, after), (_, next_slow, _) in zip(calls[:-1], calls[1:], strict=True):
+        for a, n in zip(after, next_slow, strict=True):
             np.testing.assert_array_equal(n, a)  # the next call steps back to here
     saved = load_model(result.run_dir / "model.keras").trainable_variables
-    for a, v in zip(calls[-1][2], saved):
-        np.testing.assert_array_equal(np.array(v.value), a)
+    for a, v in zip(calls[-1][2], copies(saved), strict=True):
+        np.testing.assert_array_equal(v, a)
 
 
 @pytest.mark.slow

@@ -282,13 +282,17 @@ class Lookahead(keras.callbacks.Callback):
         self.step_size = step_size
 
     def on_train_begin(self, logs=None):
-        self.slow = [keras.ops.copy(v.value) for v in self.model.trainable_variables]
+        # From a copy: on TensorFlow, a Variable made from another's value shares its storage,
+        # and the optimizer's in-place updates would move both.
+        self.slow = [
+            keras.Variable(np.array(keras.ops.convert_to_numpy(v)), trainable=False)
+            for v in self.model.trainable_variables
+        ]
 
     def on_train_batch_end(self, batch, logs=None):
-        for i, variable in enumerate(self.model.trainable_variables):
-            slow = self.slow[i] + self.step_size * (variable.value - self.slow[i])
-            variable.assign(slow)
-            self.slow[i] = slow
+        for variable, slow in zip(self.model.trainable_variables, self.slow, strict=True):
+            slow.assign(slow.value + self.step_size * (variable.value - slow.value))
+            variable.assign(slow.value)
 
 
 class RunState(keras.callbacks.Callback):
