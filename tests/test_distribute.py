@@ -37,8 +37,10 @@ def test_mirrored_on_two_cpu_devices_matches_single_device(tmp_path):
         "distribute.strategy=mirrored",
         "distribute.cpu_devices=2",
         "training.batch_size=64",
+        "training.steps_per_execution=4",  # as `fast` asks for 10: Keras fails it over replicas
     )
     assert "MirroredStrategy with 2 replica(s); global batch 128" in result.stdout
+    assert "steps_per_execution=1, not 4: Keras fails calls of several batches" in result.stdout
     assert mirrored["strategy"] == "MirroredStrategy" and mirrored["replicas"] == 2
     # 2 replicas x 64 is the computation one device does with 128: the same result.
     assert mirrored["test_accuracy"] == single["test_accuracy"]

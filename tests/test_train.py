@@ -10,11 +10,11 @@ import yaml
 from fashion_keras import build_cnn
 from fashion_keras import callbacks as cb
 from fashion_keras import train as train_module
-from fashion_keras.config import TrainingConfig, load_config
+from fashion_keras.config import ConfigError, TrainingConfig, load_config
 from fashion_keras.data import load_data, make_dataset
 from fashion_keras.models import load_model
 from fashion_keras.rundir import RunError, evaluate_run
-from fashion_keras.train import compile_model, open_run_dir, train, trained_epochs
+from fashion_keras.train import compile_model, open_run_dir, train, trained_epochs, whole_calls
 from fashion_keras.uncertainty import fit_temperature
 
 from conftest import SMOKE
@@ -122,7 +122,9 @@ def test_lookahead_steps_back_after_every_call_of_a_run(tmp_path, monkeypatch):
     # half-way back to the slow ones, which then move there; the run saves where they end.
     calls = []
     step_back = cb.Lookahead.on_train_batch_end
-    copies = lambda variables: [keras.ops.convert_to_numpy(v).copy() for v in variables]  # noqa: E731
+
+    def copies(variables):
+        return [keras.ops.convert_to_numpy(v).copy() for v in variables]
 
     def watched(self, batch, logs=None):
         trained, slow = copies(self.model.trainable_variables), copies(self.slow)
@@ -143,6 +145,28 @@ def test_lookahead_steps_back_after_every_call_of_a_run(tmp_path, monkeypatch):
     saved = load_model(result.run_dir / "model.keras").trainable_variables
     for a, v in zip(calls[-1][2], copies(saved), strict=True):
         np.testing.assert_array_equal(v, a)
+
+
+@pytest.mark.parametrize(
+    ("train_limit", "replicas", "why"),
+    [
+        (20000, 1, "the most batches a call that divide an epoch's 157"),  # a prime
+        (25600, 2, "Keras fails calls of several batches over 2 replicas"),
+    ],
+)
+def test_lookahead_is_refused_where_a_run_can_only_run_one_batch_a_call(
+    train_limit, replicas, why, capsys
+):
+    # Without Lookahead the run goes on at 1 batch a call, and says why.
+    sets = [f"data.train_limit={train_limit}", "training.steps_per_execution=10"]
+    assert (
+        whole_calls(load_config("baseline", sets), 128, replicas).training.steps_per_execution == 1
+    )
+    assert why in capsys.readouterr().out
+    with pytest.raises(
+        ConfigError, match=re.escape(f"1 batch a call ({why}); set training.lookahead=0")
+    ):
+        whole_calls(load_config("baseline", [*sets, "training.lookahead=0.5"]), 128, replicas)
 
 
 @pytest.mark.slow

@@ -188,7 +188,7 @@ def set_up(config, output=None):
     run_dir = Path(output) if chief else distribute.worker_dir(output)
     rundir.tidy_finished(run_dir)
     global_batch = t.batch_size * strategy.num_replicas_in_sync
-    config = run_config(whole_calls(config, global_batch), run_dir)
+    config = run_config(whole_calls(config, global_batch, strategy.num_replicas_in_sync), run_dir)
     keras.utils.set_random_seed(config.seed)
     if t.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -210,23 +210,31 @@ def set_up(config, output=None):
     return setup
 
 
-def whole_calls(config, global_batch):
+def whole_calls(config, global_batch, replicas=1):
     """`config` with `training.steps_per_execution` lowered, where needed, to the most
-    batches a call that divide an epoch's.
+    batches a call that divide an epoch's; over several replicas, to 1.
 
     Keras runs whole calls: at 4 batches a call, an epoch of 430 batches would train 432,
     every later epoch would start 2 batches further into the stream of shuffled epochs, and
-    a run resumed at an epoch's start would not repeat an uninterrupted one.
+    a run resumed at an epoch's start would not repeat an uninterrupted one. Over several
+    replicas a call of more than one batch fails inside Keras ("You must feed a value for
+    placeholder tensor"; plain Keras 3.15.1 with TensorFlow 2.21.0, MirroredStrategy).
     """
     t, d = config.training, config.data
     steps = math.ceil(train_size(d.validation_size, d.train_limit) / global_batch)
     per_call = max(n for n in range(1, t.steps_per_execution + 1) if steps % n == 0)
+    why = f"the most batches a call that divide an epoch's {steps}"
+    if replicas > 1 and per_call > 1:
+        per_call, why = 1, f"Keras fails calls of several batches over {replicas} replicas"
     if per_call == t.steps_per_execution:
         return config
+    if t.lookahead and per_call < 2:
+        raise cfg.ConfigError(
+            f"training.lookahead steps back after each call, and this run can only run 1 "
+            f"batch a call ({why}); set training.lookahead=0"
+        )
     print(
-        f"training.steps_per_execution={per_call}, not {t.steps_per_execution}: the most "
-        f"batches a call that divide an epoch's {steps}",
-        flush=True,
+        f"training.steps_per_execution={per_call}, not {t.steps_per_execution}: {why}", flush=True
     )
     training = dataclasses.replace(t, steps_per_execution=per_call)
     return dataclasses.replace(config, training=training)
