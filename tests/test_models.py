@@ -71,9 +71,43 @@ def test_strided_downsampling_replaces_pooling_with_the_same_shapes():
     assert strided.get_layer("flatten").output.shape[1:] == (7 * 7 * 16,)
 
 
+def test_residual_block_passes_its_input_around_its_convolutions():
+    # Block 2 keeps block 1's shape (4 filters, pooled after), so its shortcut is the input
+    # itself: with its convolutions silenced, the block outputs its input.
+    model = build_cnn(filters=(4, 4), convs_per_block=(1, 2), residual=True)
+    for name in ("block2_1_conv", "block2_2_conv"):
+        layer = model.get_layer(name)
+        layer.set_weights([np.zeros_like(w) for w in layer.get_weights()])
+    block = keras.Model(
+        model.inputs,
+        [model.get_layer("block1_pool").output, model.get_layer("block2_2_relu").output],
+    )
+    images = np.random.default_rng(0).random((2, 28, 28, 1), "float32")
+    block_input, block_output = block.predict(images, verbose=0)
+    assert block_input.max() > 0
+    np.testing.assert_allclose(block_output, block_input)
+    names = [layer.name for layer in model.layers]
+    assert "block1_shortcut" in names and "block2_shortcut" not in names  # 1 -> 4 channels
+
+
+def test_residual_shortcut_takes_the_blocks_stride_and_filters():
+    model = build_cnn(
+        filters=(4, 8, 8), convs_per_block=2, downsample="strides", batch_norm=True, residual=True
+    )
+    plain = build_cnn(filters=(4, 8, 8), convs_per_block=2, downsample="strides", batch_norm=True)
+    shortcut = model.get_layer("block3_shortcut")
+    assert shortcut.kernel_size == (1, 1) and shortcut.strides == (2, 2)
+    assert shortcut.output.shape[1:] == (4, 4, 8)  # 7x7 -> 4x4, as the strided convolution
+    assert model.get_layer("block3_shortcut_bn") is not None
+    assert model.get_layer("flatten").output.shape == plain.get_layer("flatten").output.shape
+    extra = model.count_params() - plain.count_params()
+    assert extra == sum(c_in * c_out + 4 * c_out for c_in, c_out in ((1, 4), (4, 8), (8, 8)))
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
+        ({"residual": "yes"}, "residual must be true or false. Received: residual='yes'"),
         (
             {"variant": "resnet"},
             "Unknown model variant 'resnet'. Available: baseline, dropout, improved",

@@ -164,6 +164,7 @@ def _validate(
     units,
     dropout_rates,
     batch_norm,
+    residual,
     random_translation,
     random_shift,
     random_flip,
@@ -225,7 +226,11 @@ def _validate(
         raise UserError(
             f"random_flip must be one of {FLIP_MODES}. Received: random_flip={random_flip!r}"
         )
-    for flag, value in (("batch_norm", batch_norm), ("test_time_flip", test_time_flip)):
+    for flag, value in (
+        ("batch_norm", batch_norm),
+        ("residual", residual),
+        ("test_time_flip", test_time_flip),
+    ):
         if not isinstance(value, bool):
             raise UserError(f"{flag} must be true or false. Received: {flag}={value!r}")
     if not isinstance(name, str) or not name:
@@ -243,6 +248,7 @@ def build_cnn(
     units=128,
     dropout_rates=None,
     batch_norm=False,
+    residual=False,
     random_translation=0.0,
     random_shift=0,
     random_flip=None,
@@ -276,6 +282,10 @@ def build_cnn(
             and after each dense layer, e.g. `(0.25, 0.25, 0.4, 0.3)`.
         batch_norm: add batch normalisation after each convolution (conv bias dropped);
             Keras' `BatchNormalization` on TensorFlow's fused kernel (`fashion_keras.layers`).
+        residual: add each block's input to its last convolution's output, before that
+            convolution's ReLU (He et al. 2016); where the shapes differ, the input goes
+            through a 1x1 convolution with the block's stride and filters first (+ batch
+            norm), a `blockN_shortcut` layer.
         random_translation: shift training images by up to this fraction of their height
             and width (`RandomTranslation`, whole pixels, zero fill); 0 for none.
         random_shift: move training images by up to this many whole pixels each way
@@ -347,6 +357,7 @@ def build_cnn(
     if test_time_flip:
         x = AddMirrors(dtype="float32", name="add_mirrors")(x)
     for i, (block_filters, convs) in enumerate(zip(filters, convs_per_block, strict=True), start=1):
+        block_input = x
         for j in range(1, convs + 1):
             # The tutorial's single-conv names stay as they were: block1_conv, block1_pool.
             tag = f"block{i}" if convs == 1 else f"block{i}_{j}"
@@ -356,12 +367,18 @@ def build_cnn(
                 kernel_size,
                 strides=2 if strided else 1,
                 padding="same",
-                activation=None if batch_norm else "relu",
+                activation=None if batch_norm or residual else "relu",
                 use_bias=not batch_norm,
                 name=f"{tag}_conv",
             )(x)
             if batch_norm:  # conv, then batch norm, then ReLU
                 x = FusedBatchNormalization(name=f"{tag}_bn")(x)
+            if residual and j == convs:
+                shortcut = _shortcut(
+                    block_input, x.shape, strided, batch_norm, f"block{i}_shortcut"
+                )
+                x = layers.Add(name=f"block{i}_add")([x, shortcut])
+            if batch_norm or residual:
                 x = layers.Activation("relu", name=f"{tag}_relu")(x)
         if downsample == "max_pool":
             x = layers.MaxPooling2D(2, padding="same", name=f"block{i}_pool")(x)
@@ -378,6 +395,26 @@ def build_cnn(
     if test_time_shift:
         outputs = AverageViews(5, dtype="float32", name="average_moves")(outputs)
     return keras.Model(inputs, outputs, name=name)
+
+
+def _shortcut(block_input, shape, strided, batch_norm, name):
+    """A residual block's input in the block's output `shape`: itself where they are equal,
+    else a 1x1 convolution with the block's stride and filters (+ batch norm)."""
+    from keras import layers
+
+    from fashion_keras.layers import FusedBatchNormalization
+
+    if tuple(block_input.shape) == tuple(shape):
+        return block_input
+    x = layers.Conv2D(
+        shape[-1],
+        1,
+        strides=2 if strided else 1,
+        padding="same",
+        use_bias=not batch_norm,
+        name=name,
+    )(block_input)
+    return FusedBatchNormalization(name=f"{name}_bn")(x) if batch_norm else x
 
 
 def whiten_first_conv(model, images, epsilon=5e-4):
