@@ -95,6 +95,8 @@ def test_residual_shortcut_takes_the_blocks_stride_and_filters():
         filters=(4, 8, 8), convs_per_block=2, downsample="strides", batch_norm=True, residual=True
     )
     plain = build_cnn(filters=(4, 8, 8), convs_per_block=2, downsample="strides", batch_norm=True)
+    convs = [layer.name for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert convs[0] == "block1_1_conv"  # the one `whiten_first_conv` takes, not a shortcut
     shortcut = model.get_layer("block3_shortcut")
     assert shortcut.kernel_size == (1, 1) and shortcut.strides == (2, 2)
     assert shortcut.output.shape[1:] == (4, 4, 8)  # 7x7 -> 4x4, as the strided convolution
