@@ -106,10 +106,31 @@ def test_residual_shortcut_takes_the_blocks_stride_and_filters():
     assert extra == sum(c_in * c_out + 4 * c_out for c_in, c_out in ((1, 4), (4, 8), (8, 8)))
 
 
+def test_global_pooling_head_does_not_depend_on_the_image_size():
+    # Averaged over positions, the last feature map is one number a filter at any image size:
+    # a network trained on 14x14 images has every weight a 28x28 one needs.
+    args = {"filters": (4, 8), "downsample": "strides", "global_pooling": True}
+    full = build_cnn(**args)
+    small = build_cnn(input_shape=(14, 14, 1), **args)
+    assert [w.shape for w in small.weights] == [w.shape for w in full.weights]
+    assert full.get_layer("dense1").kernel.shape == (8, 128)
+    full.set_weights(small.get_weights())
+    images = np.random.default_rng(0).random((2, 28, 28, 1), "float32")
+    features = keras.Model(full.inputs, full.get_layer("global_pooling").output)
+    last_map = keras.Model(full.inputs, full.get_layer("block2_conv").output)
+    np.testing.assert_allclose(
+        features.predict(images, verbose=0),
+        np.maximum(last_map.predict(images, verbose=0), 0).mean(axis=(1, 2)),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
         ({"residual": "yes"}, "residual must be true or false. Received: residual='yes'"),
+        ({"global_pooling": 1}, "global_pooling must be true or false. Received: global_pooling=1"),
         (
             {"variant": "resnet"},
             "Unknown model variant 'resnet'. Available: baseline, dropout, improved",

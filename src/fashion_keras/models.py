@@ -165,6 +165,7 @@ def _validate(
     dropout_rates,
     batch_norm,
     residual,
+    global_pooling,
     random_translation,
     random_shift,
     random_flip,
@@ -229,6 +230,7 @@ def _validate(
     for flag, value in (
         ("batch_norm", batch_norm),
         ("residual", residual),
+        ("global_pooling", global_pooling),
         ("test_time_flip", test_time_flip),
     ):
         if not isinstance(value, bool):
@@ -249,6 +251,7 @@ def build_cnn(
     dropout_rates=None,
     batch_norm=False,
     residual=False,
+    global_pooling=False,
     random_translation=0.0,
     random_shift=0,
     random_flip=None,
@@ -261,8 +264,8 @@ def build_cnn(
 
     Each block is `convs_per_block` times [`Conv2D(filters[i], kernel_size, padding="same")`
     (+ BatchNormalization) + ReLU], then `MaxPooling2D(2, padding="same")` (or, with
-    `downsample="strides"`, the block's last convolution has `strides=2` instead); then Flatten,
-    `Dense(units)` + ReLU, and `Dense(num_classes)`. Kernels use Glorot-uniform
+    `downsample="strides"`, the block's last convolution has `strides=2` instead); then Flatten
+    (or GlobalAveragePooling2D), `Dense(units)` + ReLU, and `Dense(num_classes)`. Kernels use Glorot-uniform
     initialisation (Keras' default). Optional augmentation layers come first; like
     Dropout they act only in training, so `predict` and `evaluate` see the plain images
     (and, with `test_time_flip` or `test_time_shift`, their mirrors or moves too).
@@ -286,6 +289,9 @@ def build_cnn(
             convolution's ReLU (He et al. 2016); where the shapes differ, the input goes
             through a 1x1 convolution with the block's stride and filters first (+ batch
             norm), a `blockN_shortcut` layer.
+        global_pooling: average each filter's last feature map over its positions
+            (`GlobalAveragePooling2D`) instead of flattening it: the dense layers no longer
+            depend on the image's size, and see no position.
         random_translation: shift training images by up to this fraction of their height
             and width (`RandomTranslation`, whole pixels, zero fill); 0 for none.
         random_shift: move training images by up to this many whole pixels each way
@@ -384,7 +390,10 @@ def build_cnn(
             x = layers.MaxPooling2D(2, padding="same", name=f"block{i}_pool")(x)
         if rate := rates.pop(0):
             x = layers.Dropout(rate, name=f"block{i}_dropout")(x)
-    x = layers.Flatten(name="flatten")(x)
+    if global_pooling:
+        x = layers.GlobalAveragePooling2D(name="global_pooling")(x)
+    else:
+        x = layers.Flatten(name="flatten")(x)
     for i, width in enumerate(units, start=1):
         x = layers.Dense(width, activation="relu", name=f"dense{i}")(x)
         if rate := rates.pop(0):
