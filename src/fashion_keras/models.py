@@ -265,8 +265,8 @@ def build_cnn(
     Each block is `convs_per_block` times [`Conv2D(filters[i], kernel_size, padding="same")`
     (+ BatchNormalization) + ReLU], then `MaxPooling2D(2, padding="same")` (or, with
     `downsample="strides"`, the block's last convolution has `strides=2` instead); then Flatten
-    (or GlobalAveragePooling2D), `Dense(units)` + ReLU, and `Dense(num_classes)`. Kernels use Glorot-uniform
-    initialisation (Keras' default). Optional augmentation layers come first; like
+    (or GlobalAveragePooling2D), `Dense(units)` + ReLU, and `Dense(num_classes)`. Kernels use
+    Glorot-uniform initialisation (Keras' default). Optional augmentation layers come first; like
     Dropout they act only in training, so `predict` and `evaluate` see the plain images
     (and, with `test_time_flip` or `test_time_shift`, their mirrors or moves too).
 
