@@ -94,7 +94,7 @@ browser: ## install headless Chromium for the page tests (Debian, as root)
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  apt-get update -q && apt-get install -y -q chromium; } || echo "chromium unavailable: page tests will skip"
 
-test: data browser ## the test suite, as CI runs it first (real data; trains small models)
+test: data ## the test suite, as CI runs it first (real data; trains small models)
 	$(BIN)/pytest -q --durations=15 -m "not crash and not backends and not long"
 
 test-fast: data ## the unit tier for the edit loop: no training subprocess, about 4 minutes

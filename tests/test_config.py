@@ -118,6 +118,27 @@ def test_overrides_are_typed_and_nested():
             "model: Each dropout rate",
         ),
         ({"model": {"variant": "vgg"}}, "model: Unknown model variant 'vgg'"),
+        ({"model": {"variant": {"a": 1}}}, "model: Unknown model variant {'a': 1}"),
+        (
+            {"model": {1: 2}},
+            "model: each key must name a build_cnn argument. Received keys: [1, 'variant']",
+        ),
+        ({"model": {"kernel_size": [3, 3, 3]}}, "model: kernel_size must be one integer or"),
+        ({"model": {"name": "a/b"}}, "model: name must be a non-empty string without '/'"),
+        (
+            {"model": {"input_shape": [32, 32, 1]}},
+            "model: input_shape must be [28, 28, 1] and num_classes 10 (Fashion-MNIST's",
+        ),
+        ({"model": {"num_classes": 5}}, "Received: input_shape=[28, 28, 1], num_classes=5"),
+        (
+            {"larger_model": {"from_epochs": 3, "model": {"num_classes": 5}}},
+            "larger_model.model: input_shape must be",
+        ),
+        ({"training": {"epochs": float("inf")}}, "training.epochs: expected a finite number"),
+        (
+            {"training": {"epochs": None, "time_budget_s": float("inf")}},
+            "training.time_budget_s: expected a finite number, got inf",
+        ),
         (
             {"distribute": {"strategy": "tpu"}},
             "distribute.strategy must be one of auto, single, mirrored, multi_worker",
@@ -183,5 +204,13 @@ def test_file_errors(tmp_path):
     bad.write_text("- training\n- model\n")
     with pytest.raises(ConfigError, match="expected sections such as training:.*found a YAML list"):
         load_config(bad)
+    for text, found in (("[]\n", "list"), ("0\n", "int"), ("false\n", "bool")):
+        bad.write_text(text)  # empty, but not the defaults: a mistake
+        with pytest.raises(ConfigError, match=f"found a YAML {found}"):
+            load_config(bad)
+    bad.write_text("# nothing yet\n")
+    assert load_config(bad) == load_config(None)  # an empty file: the defaults
+    with pytest.raises(ConfigError, match="training.epochs: expected a finite number, got inf"):
+        load_config(None, ["training.epochs=.inf"])  # YAML's infinity
     with pytest.raises(ConfigError, match="not KEY=VALUE"):
         load_config(None, ["training.epochs"])

@@ -206,11 +206,13 @@ def test_validation_start_moves_the_validation_images_along_the_training_file(sm
             data.load_data(small_dataset, validation_size=10, validation_start=bad)
 
 
-def test_decoded_cache_is_used_and_invalidated(small_dataset):
+def test_decoded_cache_is_used_and_invalidated(small_dataset, monkeypatch):
     first = data.read_files(small_dataset)
     cached = list((data.keras_cache_dir() / "decoded").glob("*.npz"))
     assert len(cached) == 1
-    again = data.read_files(small_dataset)
+    with monkeypatch.context() as patch:  # a second read must not decode the files again
+        patch.setattr(data, "read_split", lambda *args: pytest.fail("decoded again"))
+        again = data.read_files(small_dataset)
     np.testing.assert_array_equal(first["train_images"], again["train_images"])
     # Replacing a file changes its stats, so the cache is not trusted for it.
     (small_dataset / "t10k-images-idx3-ubyte.gz").write_bytes(b"garbage")

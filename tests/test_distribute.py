@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import pytest
 
 from fashion_keras import distribute
 
-from conftest import CONFIGS, ROOT, run_cli
+from conftest import CONFIGS, ROOT, epochs_logged, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -150,6 +151,10 @@ def test_killed_worker_then_restarted_job_resumes(tmp_path, monkeypatch):
     outputs = _wait(restarted, timeout=300)
     assert [p.returncode for p in restarted] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
     assert "Resuming after epoch" in outputs[0] and "Resuming after epoch" in outputs[1]
+    # The restart trains only the epochs the killed job had not finished, each once.
+    resumed = re.findall(r"^Resuming after epoch (\d+)", outputs[0], flags=re.MULTILINE)
+    assert len(resumed) == 1 and 1 <= int(resumed[0]) < 3, outputs[0][-2000:]
+    assert epochs_logged(outputs[0]) == list(range(int(resumed[0]) + 1, 4))
     assert json.loads((run_dir / "metrics.json").read_text())["epochs"] == 3
     history = (run_dir / "history.csv").read_text().splitlines()
     assert [row.split(",")[0] for row in history[1:]] == ["1", "2", "3"]

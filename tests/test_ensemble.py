@@ -30,6 +30,15 @@ def test_members_config_is_checked():
         load_config("baseline", ["training.members=2", "seed=4294967000"])
     with pytest.raises(ConfigError, match="multi_worker"):
         load_config("baseline", ["training.members=2", "distribute.strategy=multi_worker"])
+    with pytest.raises(ConfigError, match="cannot hold 3 training.members.*at least 32"):
+        load_config("fast", ["training.time_budget_s=25", "training.members=3"])
+
+
+def test_a_share_too_small_is_refused_before_anything_is_written(tmp_path):
+    config = load_config("fast", [*SMALL, "training.time_budget_s=22"])
+    with pytest.raises(RunError, match="leaves 7.5 s for member 1 of 2"):
+        train(config, tmp_path / "run", verbose=0, clock=lambda: 5.0)  # 5 s for start-up
+    assert not (tmp_path / "run").exists()  # free for the same command with a larger budget
 
 
 def test_each_member_gets_an_equal_share_of_what_is_left(tmp_path):
@@ -80,8 +89,14 @@ def test_ensemble_keeps_its_budget_and_scores_the_mean_softmax(tmp_path):
     saved = load_model(run / "model.keras").predict(x_test, verbose=0)
     np.testing.assert_allclose(np.exp(log_softmax(saved)), probabilities, atol=1e-5)
     assert evaluate_run(run)["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
-    val_accuracy = logit_scores(result.logits["validation"], y_val)[1]
-    assert metrics["val_accuracy"] == val_accuracy and len(x_val) == 300
+    assert metrics["test_loss"] == pytest.approx(
+        -np.log(probabilities[np.arange(len(y_test)), y_test]).mean(), rel=1e-4
+    )
+    val_probabilities = np.mean(
+        [np.exp(log_softmax(m.predict(x_val, verbose=0))) for m in members], axis=0
+    )
+    assert metrics["val_accuracy"] == np.mean(val_probabilities.argmax(axis=1) == y_val)
+    assert len(x_val) == 300
 
     assert list(result.history["member"].unique()) == [1, 2]
     with pytest.raises(RunError, match="holds an ensemble"):

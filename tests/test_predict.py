@@ -236,6 +236,11 @@ def test_temperature_run_reads_the_runs_fitted_temperature(tiny_paths, images, t
     shutil.copy(tiny_paths[0], model)
     with pytest.raises(UserError, match=r"holds no fitted temperature.*--temperature T"):
         predict_files(model, [images], temperature="run")
+    with pytest.raises(UserError, match=r"model.keras: expected an existing \.keras file"):
+        predict_files(tmp_path / "typo" / "model.keras", [images], temperature="run")
+    (tmp_path / "cut.keras").write_bytes(tiny_paths[0].read_bytes()[:1000])  # a copy cut short
+    with pytest.raises(UserError, match="cut.keras: not a Keras model .* cut short"):
+        predict_files(tmp_path / "cut.keras", [images])
     (tmp_path / "metrics.json").write_text(json.dumps({"temperature": 0.25}))
     scaled = predict_files(model, [images], top=10, temperature="run")
     assert scaled == predict_files(model, [images], top=10, temperature=0.25)

@@ -11,6 +11,7 @@ import pytest
 
 from fashion_keras import build_model, compare, metrics, plots, report, uncertainty
 from fashion_keras.config import dump_config, load_config
+from fashion_keras.errors import UserError
 from fashion_keras.shift import SHIFTS
 
 from conftest import CONFIGS, SMOKE, run_cli
@@ -165,7 +166,7 @@ def _open_in_chromium(page, screenshot):
 
 
 @pytest.mark.slow
-@pytest.mark.long  # the longest test of `make test` (1.5 min): CI runs it with test-long
+@pytest.mark.long  # 1.5 min: make test-long runs it (CI does), make test does not
 def test_report_and_comparison_pages(runs, tmp_path):
     for variant in ("baseline", "dropout"):
         result = run_cli("report", runs / variant, "--mc-samples", "5")
@@ -230,7 +231,7 @@ def test_report_and_comparison_pages(runs, tmp_path):
     assert "the mean of 5 passes" in comparison
 
     if CHROMIUM is None:
-        pytest.skip("chromium is not installed (make test installs it where apt is available)")
+        pytest.skip("chromium is not installed (make test-long installs it where apt is available)")
     for page, tables, min_images in (
         (out / "index.html", 6, 9),
         (runs / "cmp" / "index.html", 4, 3),  # one run per variant: no difference table
@@ -308,6 +309,24 @@ def test_report_predicts_the_test_set_once_and_closes_only_its_figures(
     # The shift series of the dropout model: one ordinary pass and MC dropout with 2 passes.
     assert list(summary["shift"]) == ["deterministic", "mc_dropout"]
     assert "MC dropout with 2 passes" in (out / "index.html").read_text()
+
+
+def test_a_report_that_cannot_be_written_is_one_line(finished_runs, small_dataset):
+    (finished_runs / "dropout" / "report").write_text("a file of the user's, not a folder")
+    with pytest.raises(UserError, match=r"while writing .*dropout/report/uncertainty.json"):
+        report.write_report(finished_runs / "dropout", data_dir=small_dataset, mc_samples=2)
+
+
+def test_compare_checks_everything_before_it_writes(finished_runs, tmp_path):
+    runs = [finished_runs / "baseline", finished_runs / "dropout"]
+    out = tmp_path / "cmp"
+    with pytest.raises(UserError, match="not a directory"):  # the data's
+        compare.write_comparison(runs, out, mc_samples=2, data_dir=tmp_path / "nowhere")
+    for run in runs:
+        (run / "metrics.json").unlink()
+    with pytest.raises(UserError, match="none of these runs is finished"):
+        compare.write_comparison(runs, out, mc_samples=2)
+    assert not out.exists()
 
 
 def test_compare_writes_nothing_into_the_runs_it_reads(finished_runs, small_dataset, tmp_path):

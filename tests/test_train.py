@@ -169,6 +169,19 @@ def test_lookahead_is_refused_where_a_run_can_only_run_one_batch_a_call(
         whole_calls(load_config("baseline", [*sets, "training.lookahead=0.5"]), 128, replicas)
 
 
+def test_train_takes_a_config():
+    with pytest.raises(ConfigError, match=re.escape("load_config('baseline'). Received:")):
+        train("baseline")
+
+
+def test_more_batches_a_call_than_an_epoch_holds_is_one_epoch_a_call(capsys):
+    # 1,000 images: 8 batches of 128. A call of 10**12 batches is an epoch's 8, at once.
+    sets = ["data.train_limit=1000", f"training.steps_per_execution={10**12}"]
+    config = load_config("baseline", sets)
+    assert whole_calls(config, 128).training.steps_per_execution == 8
+    assert "training.steps_per_execution=8, not 1000000000000" in capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_test_time_moves_are_in_the_final_network_only(tmp_path):
     overrides = [*SMOKE, "model.test_time_shift=1", "training.precision=float32"]
@@ -205,7 +218,7 @@ def test_run_config_spells_out_the_network_and_guards_resumes(tmp_path):
     assert saved["model"]["test_time_flip"] is True  # the variant's
     # The same config resumes, and so does the run's own file.
     assert open_run_dir(config, run_dir) == config
-    assert open_run_dir(load_config(saved_path), run_dir)
+    assert open_run_dir(load_config(saved_path), run_dir) == load_config(saved_path)
 
     # A run started while the variant still max-pooled must not resume with strides...
     saved["model"]["downsample"] = "max_pool"
@@ -215,7 +228,7 @@ def test_run_config_spells_out_the_network_and_guards_resumes(tmp_path):
         open_run_dir(config, run_dir)
     assert saved_path.read_text() == before
     # ...but resumes from its own config, network and all.
-    assert open_run_dir(load_config(saved_path), run_dir)
+    assert open_run_dir(load_config(saved_path), run_dir) == load_config(saved_path)
     assert yaml.safe_load(saved_path.read_text())["model"]["downsample"] == "max_pool"
 
     # A file from before the model section was spelled out resolves with today's variant.

@@ -145,18 +145,17 @@ def write_comparison(run_dirs, output, mc_samples=30, data_dir=None):
     if len(run_dirs) < 2:
         raise UserError(f"compare needs at least two run directories. Received: {len(run_dirs)}")
     runs = [load_run(d) for d in run_dirs]
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    summary = summarize(runs)
-    files.write_text(output / "summary.csv", summary.to_csv(index=False))
-    per_variant, difference = seed_statistics(summary)
-    files.write_text(output / "per_variant.csv", per_variant.to_csv())
-    if difference is not None:
-        files.write_text(output / "difference.csv", difference.to_csv(index=False))
     finished = [run for run in runs if run["metrics"]]
     if not finished:
         raise UserError("none of these runs is finished (no metrics.json); finish one first")
+    summary = summarize(runs)
+    per_variant, difference = seed_statistics(summary)
     metrics, ood, coverage = uncertainty_tables(finished, mc_samples, data_dir)
+    output = Path(output)  # written only now that every check has passed
+    files.write_text(output / "summary.csv", summary.to_csv(index=False))
+    files.write_text(output / "per_variant.csv", per_variant.to_csv())
+    if difference is not None:
+        files.write_text(output / "difference.csv", difference.to_csv(index=False))
     files.write_text(output / "uncertainty.csv", metrics.to_csv())
     files.write_text(output / "ood.csv", ood.to_csv(index=False))
 

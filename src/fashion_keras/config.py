@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from fashion_keras import models
+from fashion_keras.data import IMAGE_SHAPE, NUM_CLASSES
 from fashion_keras.errors import UserError
 
 
@@ -152,6 +153,8 @@ def _coerce(key, value, hint):
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
     if hint is float and isinstance(value, str):
         value = _number(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
+    if hint is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}: expected a finite number, got {value!r}")
     ok = (
         (hint is bool and isinstance(value, bool))
         or (hint is int and isinstance(value, int) and not isinstance(value, bool))
@@ -210,6 +213,14 @@ def _check_ranges(config):
         raise ConfigError(
             "training.members cannot be more than 1 with distribute.strategy=multi_worker; "
             "train the members as separate runs and average them with `fashion-keras predict`"
+        )
+    # 10 s for each member (a budgeted run's least) and 2 for the end (ensemble.END_RESERVE_S)
+    least = 10 * t.members + 2
+    if t.members > 1 and t.time_budget_s is not None and t.time_budget_s < least:
+        raise ConfigError(
+            f"training.time_budget_s={t.time_budget_s:g} cannot hold {t.members} "
+            f"training.members (each needs 10 s, and the ensemble's end 2): give at least "
+            f"{least}, or fewer members"
         )
     checks = [
         (
@@ -321,15 +332,28 @@ def _check_ranges(config):
     for key, value, ok, allowed in checks:
         if not ok:
             raise ConfigError(f"{key} must be {allowed}. Received: {key}={value!r}")
-    try:
-        models.model_args(**config.model_kwargs())
-    except ValueError as e:
-        raise ConfigError(f"model: {e}") from None
+    _check_model("model", config)
     if config.larger_model.model:
-        try:
-            models.model_args(**with_larger_model(config).model_kwargs())
-        except ValueError as e:
-            raise ConfigError(f"larger_model.model: {e}") from None
+        _check_model("larger_model.model", with_larger_model(config))
+
+
+def _check_model(key, config):
+    """Checks the network `config` trains (`key` names it in errors): valid `build_cnn`
+    arguments, for Fashion-MNIST's images and classes."""
+    if not all(isinstance(name, str) for name in config.model):
+        raise ConfigError(
+            f"{key}: each key must name a build_cnn argument. Received keys: {list(config.model)!r}"
+        )
+    try:
+        args = models.model_args(**config.model_kwargs())
+    except ValueError as e:
+        raise ConfigError(f"{key}: {e}") from None
+    if list(args["input_shape"]) != list(IMAGE_SHAPE) or args["num_classes"] != NUM_CLASSES:
+        raise ConfigError(
+            f"{key}: input_shape must be {list(IMAGE_SHAPE)} and num_classes {NUM_CLASSES} "
+            "(Fashion-MNIST's images and classes). Received: "
+            f"input_shape={list(args['input_shape'])}, num_classes={args['num_classes']!r}"
+        )
 
 
 def _stretches_ok(stretches, end):
@@ -456,13 +480,14 @@ def load_config(path=None, overrides=()):
     if path is not None:
         text = _read_config_text(path)
         try:
-            values = yaml.safe_load(text) or {}
+            values = yaml.safe_load(text)
         except yaml.YAMLError as e:
             where = getattr(e, "problem_mark", None)
             at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
             raise ConfigError(
                 f"config file {path}: YAML syntax error{at}: {getattr(e, 'problem', e)}"
             ) from None
+        values = {} if values is None else values  # an empty file: the defaults
         if not isinstance(values, dict):
             raise ConfigError(
                 f"config file {path}: expected sections such as training: and model:, "

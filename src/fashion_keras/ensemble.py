@@ -50,12 +50,10 @@ def train_members(train, config, output, data_dir, verbose, clock):
     clock)` trains one member. Arguments and result as `fashion_keras.train.train`'s."""
     output = Path(output or rundir.default_output(config.run_name))
     check_run_dir(output, config)
+    data = load_data(data_dir, **dataclasses.asdict(config.data))
     with rundir.claim(output):
         check_run_dir(output, config)  # another process may have finished it meanwhile
         rundir.remove_leftovers(output)
-        if not (output / "config.yaml").is_file():
-            files.write_text(output / "config.yaml", cfg.dump_config(config))
-        data = load_data(data_dir, **dataclasses.asdict(config.data))
         members, planned_now = [], True
         for k in range(config.training.members):
             member = finished_member(config, output, k, data)
@@ -115,6 +113,8 @@ def train_member(train, config, output, k, where, clock):
     run_dir = member_dir(output, k)
     started = clock()
     member = member_config(config, k, member_budget(config, run_dir, k, started))
+    if not (output / "config.yaml").is_file():  # written once the first share is known to fit
+        files.write_text(output / "config.yaml", cfg.dump_config(config))
     seconds = member.training.time_budget_s
     print(
         f"Member {k + 1} of {config.training.members}: seed {member.seed}"

@@ -8,7 +8,8 @@ for a finished run and publishes the file only when the check passes.
 What is exported is the model's inference pass (`training=False`: no augmentation, no
 dropout, batch normalisation on its moving statistics, the test-time mirror included), in
 float32: a mixed-precision model computes in float32 after export (its weights are float32
-already). The exporters and runtimes are the `export` extra: `pip install "fashion_keras[export]"`.
+already). The exporters and runtimes are the `export` extra: `pip install ".[export]"` in the
+project's folder (`make install` has it).
 """
 
 import dataclasses
@@ -63,7 +64,8 @@ def check_format(format):
         except ImportError as e:
             raise UserError(
                 f"exporting to {format} needs the package {package} ({e}); install the "
-                'export extra: pip install "fashion_keras[export]"'
+                'export extra: pip install ".[export]" in the fashion_keras folder '
+                "(make install has it)"
             ) from None
     return format
 
@@ -275,7 +277,12 @@ def export_run(run_dir, format, output=None, checkpoint="model.keras", images=10
         raise UserError(
             f"--output {path} is a directory that holds no SavedModel; choose a new name"
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise files.WriteError(
+            f"--output {path}: cannot make its folder: {e.strerror or e}"
+        ) from None
     tmp = path.parent / files.temporary_name(path)
     try:
         export_model(model, tmp, format)

@@ -23,6 +23,8 @@ pooling layer and after the dense layer. Add a variant with `register_model`.
 
 import difflib
 import inspect
+import os
+import zipfile
 
 from fashion_keras.checks import check_int
 from fashion_keras.data import IMAGE_SHAPE, NUM_CLASSES
@@ -58,7 +60,7 @@ def model_args(variant, **overrides):
     Raises:
         UserError: unknown variant, unknown argument or a value outside its range.
     """
-    if variant not in _MODELS:
+    if not isinstance(variant, str) or variant not in _MODELS:
         raise UserError(f"Unknown model variant {variant!r}. Available: {', '.join(list_models())}")
     for key in overrides:
         if key not in CNN_ARGS:
@@ -141,6 +143,12 @@ def load_model(path):
     import fashion_keras.layers  # noqa: F401  (registers the project's layers)
     import fashion_keras.losses  # noqa: F401  (and its loss)
 
+    if str(path).endswith(".keras") and os.path.isfile(path) and not zipfile.is_zipfile(path):
+        # Keras would say "File not found" of a file that is there.
+        raise UserError(
+            f"{path}: not a Keras model (a .keras file is a zip archive): damaged or cut "
+            "short; save or copy it again"
+        )
     return keras.saving.load_model(path, safe_mode=True)
 
 
@@ -180,6 +188,10 @@ def _validate(
     check_int("num_classes", num_classes, minimum=1)
     check_int("filters", filters, minimum=1, several=True)
     check_int("kernel_size", kernel_size, minimum=1, several=True)
+    if len(_as_tuple(kernel_size)) not in (1, 2):
+        raise UserError(
+            f"kernel_size must be one integer or (height, width). Received: {kernel_size!r}"
+        )
     check_int("convs_per_block", convs_per_block, minimum=1, several=True)
     if isinstance(convs_per_block, (list, tuple)) and len(convs_per_block) != len(filters):
         raise UserError(
@@ -235,8 +247,8 @@ def _validate(
     ):
         if not isinstance(value, bool):
             raise UserError(f"{flag} must be true or false. Received: {flag}={value!r}")
-    if not isinstance(name, str) or not name:
-        raise UserError(f"name must be a non-empty string. Received: name={name!r}")
+    if not isinstance(name, str) or not name or "/" in name:
+        raise UserError(f"name must be a non-empty string without '/'. Received: name={name!r}")
 
 
 def build_cnn(

@@ -218,10 +218,10 @@ def _predictor(members, mc_samples, seed, temperature):
     """images -> `Predictions`, by the one method the options ask for; models loaded once."""
     from fashion_keras import uncertainty
 
-    if temperature == "run":
+    loaded = uncertainty.check_ensemble([_load_model(m) for m in members])
+    if temperature == "run":  # once the model is known to be there
         temperature = run_temperature(members[0])
-    members = uncertainty.check_ensemble([_load_model(m) for m in members])
-    model = members[0]
+    members, model = loaded, loaded[0]
     if len(members) > 1:
         return lambda images: uncertainty.ensemble_predict(members, images, verbose=0)
     if mc_samples:  # one sampler for every file; a model without dropout fails here, at once

@@ -215,8 +215,7 @@ def write_report(run_dir, data_dir=None, samples=18, mc_samples=30):
     if not metrics:
         raise RunError(f"{run_dir} is not finished (no metrics.json); train it to the end first")
     model, x, y_true = load_run_model(run_dir, data_dir)
-    out = run_dir / "report"
-    out.mkdir(exist_ok=True)
+    out = run_dir / "report"  # made by the first write, which names what went wrong
     summary = run_uncertainty(model, x, y_true, mc_samples)
     files.write_json(out / "uncertainty.json", uncertainty_record(summary))
     shift = run_shift(model, x, y_true, mc_samples)

@@ -91,6 +91,7 @@ def train(config, output=None, data_dir=None, verbose=None, clock=None):
         the evaluated network's validation and test logits.
 
     Raises:
+        ConfigError: `config` is not a `Config`.
         RunError: the run directory is someone else's, finished, or being written by another
             process; the budget cannot fit one epoch; the training diverged.
 
@@ -98,6 +99,10 @@ def train(config, output=None, data_dir=None, verbose=None, clock=None):
         >>> config = load_config("baseline", ["training.epochs=1"])
         >>> train(config).metrics["test_accuracy"]
     """
+    if not isinstance(config, cfg.Config):
+        raise cfg.ConfigError(
+            f"config must be a Config, e.g. load_config({config!r}). Received: {config!r}"
+        )
     clock = clock or stopwatch()
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
@@ -222,7 +227,7 @@ def whole_calls(config, global_batch, replicas=1):
     """
     t, d = config.training, config.data
     steps = math.ceil(train_size(d.validation_size, d.train_limit) / global_batch)
-    per_call = max(n for n in range(1, t.steps_per_execution + 1) if steps % n == 0)
+    per_call = max(n for n in range(1, min(t.steps_per_execution, steps) + 1) if steps % n == 0)
     why = f"the most batches a call that divide an epoch's {steps}"
     if replicas > 1 and per_call > 1:
         per_call, why = 1, f"Keras fails calls of several batches over {replicas} replicas"
