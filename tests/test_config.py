@@ -123,7 +123,9 @@ def test_overrides_are_typed_and_nested():
             {"model": {1: 2}},
             "model: each key must name a build_cnn argument. Received keys: [1, 'variant']",
         ),
-        ({"model": {"kernel_size": [3, 3, 3]}}, "model: kernel_size must be one integer or"),
+        ({"model": {"kernel_size": [3, 3, 3]}}, "model: kernel_size must be one integer, the side"),
+        ({"model": {"kernel_size": [3, 5]}}, "model: kernel_size must be one integer, the side"),
+        ({"model": {"kernel_size": [3]}}, "model: kernel_size must be one integer, the side"),
         ({"model": {"name": "a/b"}}, "model: name must be a non-empty string without '/'"),
         (
             {"model": {"input_shape": [32, 32, 1]}},

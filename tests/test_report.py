@@ -313,13 +313,16 @@ def test_report_predicts_the_test_set_once_and_closes_only_its_figures(
 
 def test_a_report_that_cannot_be_written_is_one_line(finished_runs, small_dataset):
     (finished_runs / "dropout" / "report").write_text("a file of the user's, not a folder")
-    with pytest.raises(UserError, match=r"while writing .*dropout/report/uncertainty.json"):
+    with pytest.raises(UserError, match=r"dropout/report is a file, not the report's folder"):
         report.write_report(finished_runs / "dropout", data_dir=small_dataset, mc_samples=2)
 
 
 def test_compare_checks_everything_before_it_writes(finished_runs, tmp_path):
     runs = [finished_runs / "baseline", finished_runs / "dropout"]
     out = tmp_path / "cmp"
+    (tmp_path / "a file").write_text("")
+    with pytest.raises(UserError, match="is a file, not a folder"):
+        compare.write_comparison(runs, tmp_path / "a file", mc_samples=2)
     with pytest.raises(UserError, match="not a directory"):  # the data's
         compare.write_comparison(runs, out, mc_samples=2, data_dir=tmp_path / "nowhere")
     for run in runs:

@@ -144,6 +144,8 @@ def write_comparison(run_dirs, output, mc_samples=30, data_dir=None):
     """
     if len(run_dirs) < 2:
         raise UserError(f"compare needs at least two run directories. Received: {len(run_dirs)}")
+    if Path(output).exists() and not Path(output).is_dir():
+        raise UserError(f"--output {output} is a file, not a folder; choose another --output")
     runs = [load_run(d) for d in run_dirs]
     finished = [run for run in runs if run["metrics"]]
     if not finished:

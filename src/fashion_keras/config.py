@@ -127,6 +127,12 @@ _UNIONS = (typing.Union, types.UnionType)
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 LR_SCHEDULES = ("constant", "cosine", "linear", "wsd")
 STRATEGIES = ("auto", "single", "mirrored", "multi_worker")  # see fashion_keras.distribute
+LEAST_BUDGET_S = 10  # a budgeted run's least: its warm-up measure and an epoch need some
+# An ensemble's own end after its last member: averaging, building and saving `model.keras`
+# and writing `metrics.json`. It took 0.2 s for two `fast_shifted` networks on a 2-core
+# AMD EPYC (docs/results.md, 2026-12-06, twenty-seventh session); larger networks and slower
+# disks take longer.
+END_RESERVE_S = 2.0
 
 
 def _type_name(hint):
@@ -214,13 +220,12 @@ def _check_ranges(config):
             "training.members cannot be more than 1 with distribute.strategy=multi_worker; "
             "train the members as separate runs and average them with `fashion-keras predict`"
         )
-    # 10 s for each member (a budgeted run's least) and 2 for the end (ensemble.END_RESERVE_S)
-    least = 10 * t.members + 2
-    if t.members > 1 and t.time_budget_s is not None and t.time_budget_s < least:
+    least = LEAST_BUDGET_S * t.members + END_RESERVE_S
+    if t.members > 1 and t.time_budget_s is not None and t.time_budget_s <= least:
         raise ConfigError(
             f"training.time_budget_s={t.time_budget_s:g} cannot hold {t.members} "
-            f"training.members (each needs 10 s, and the ensemble's end 2): give at least "
-            f"{least}, or fewer members"
+            f"training.members (each needs {LEAST_BUDGET_S} s, and the ensemble's end "
+            f"{END_RESERVE_S:g}): give more than {least:g} (start-up counts too), or fewer members"
         )
     checks = [
         (
@@ -233,8 +238,9 @@ def _check_ranges(config):
         (
             "training.time_budget_s",
             t.time_budget_s,
-            t.time_budget_s is None or t.time_budget_s >= 10,
-            "at least 10 (seconds to the test result, from the call of train() or, on the "
+            t.time_budget_s is None or t.time_budget_s >= LEAST_BUDGET_S,
+            f"at least {LEAST_BUDGET_S} (seconds to the test result, from the call of "
+            "train() or, on the "
             "command line, from process start)",
         ),
         (

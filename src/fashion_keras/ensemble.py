@@ -38,11 +38,7 @@ from fashion_keras.uncertainty import fit_temperature
 # Member k trains with seed + 1000 * k: the ensembles of neighbouring seeds (42, 43, ...)
 # share no member, so that their spread over seeds is that of independent runs.
 SEED_STEP = 1000
-# The ensemble's end after its last member: averaging, building and saving `model.keras`
-# and writing `metrics.json`. It took 0.2 s for two `fast_shifted` networks on a 2-core
-# AMD EPYC (docs/results.md, 2026-12-06, twenty-seventh session); larger networks and slower
-# disks take longer.
-END_RESERVE_S = 2.0
+END_RESERVE_S = cfg.END_RESERVE_S  # the ensemble's end after its last member
 
 
 def train_members(train, config, output, data_dir, verbose, clock):
@@ -54,6 +50,9 @@ def train_members(train, config, output, data_dir, verbose, clock):
     with rundir.claim(output):
         check_run_dir(output, config)  # another process may have finished it meanwhile
         rundir.remove_leftovers(output)
+        if not (output / "config.yaml").is_file():
+            member_budget(config, member_dir(output, 0), 0, clock())  # refused before a write
+            files.write_text(output / "config.yaml", cfg.dump_config(config))
         members, planned_now = [], True
         for k in range(config.training.members):
             member = finished_member(config, output, k, data)
@@ -98,11 +97,11 @@ def member_budget(config, run_dir, k, started_s):
     if plan:
         return plan["time_budget_s"]
     share = round((t.time_budget_s - END_RESERVE_S - started_s) / (t.members - k), 2)
-    if share < 10:  # a budgeted run's least (config.py)
+    if share < cfg.LEAST_BUDGET_S:
         raise RunError(
             f"training.time_budget_s={t.time_budget_s:g} leaves {share:.1f} s for member "
-            f"{k + 1} of {t.members}, and a run needs at least 10; give a larger budget or "
-            "fewer training.members"
+            f"{k + 1} of {t.members}, and a run needs at least {cfg.LEAST_BUDGET_S}; give a "
+            "larger budget or fewer training.members"
         )
     return share
 
@@ -113,8 +112,6 @@ def train_member(train, config, output, k, where, clock):
     run_dir = member_dir(output, k)
     started = clock()
     member = member_config(config, k, member_budget(config, run_dir, k, started))
-    if not (output / "config.yaml").is_file():  # written once the first share is known to fit
-        files.write_text(output / "config.yaml", cfg.dump_config(config))
     seconds = member.training.time_budget_s
     print(
         f"Member {k + 1} of {config.training.members}: seed {member.seed}"

@@ -188,9 +188,10 @@ def _validate(
     check_int("num_classes", num_classes, minimum=1)
     check_int("filters", filters, minimum=1, several=True)
     check_int("kernel_size", kernel_size, minimum=1, several=True)
-    if len(_as_tuple(kernel_size)) not in (1, 2):
+    if not isinstance(kernel_size, int) and (len(kernel_size) != 2 or len(set(kernel_size)) != 1):
         raise UserError(
-            f"kernel_size must be one integer or (height, width). Received: {kernel_size!r}"
+            f"kernel_size must be one integer, the side of the square kernels. Received: "
+            f"{kernel_size!r}"
         )
     check_int("convs_per_block", convs_per_block, minimum=1, several=True)
     if isinstance(convs_per_block, (list, tuple)) and len(convs_per_block) != len(filters):

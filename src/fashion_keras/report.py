@@ -215,7 +215,9 @@ def write_report(run_dir, data_dir=None, samples=18, mc_samples=30):
     if not metrics:
         raise RunError(f"{run_dir} is not finished (no metrics.json); train it to the end first")
     model, x, y_true = load_run_model(run_dir, data_dir)
-    out = run_dir / "report"  # made by the first write, which names what went wrong
+    out = run_dir / "report"
+    if out.exists() and not out.is_dir():
+        raise RunError(f"{out} is a file, not the report's folder; move it away and run again")
     summary = run_uncertainty(model, x, y_true, mc_samples)
     files.write_json(out / "uncertainty.json", uncertainty_record(summary))
     shift = run_shift(model, x, y_true, mc_samples)

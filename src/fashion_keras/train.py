@@ -101,7 +101,8 @@ def train(config, output=None, data_dir=None, verbose=None, clock=None):
     """
     if not isinstance(config, cfg.Config):
         raise cfg.ConfigError(
-            f"config must be a Config, e.g. load_config({config!r}). Received: {config!r}"
+            "config must be a Config from load_config, e.g. load_config('baseline', "
+            f"['training.epochs=3']). Received: {config!r}"
         )
     clock = clock or stopwatch()
     if verbose is None:
