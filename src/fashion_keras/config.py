@@ -240,8 +240,7 @@ def _check_ranges(config):
             t.time_budget_s,
             t.time_budget_s is None or t.time_budget_s >= LEAST_BUDGET_S,
             f"at least {LEAST_BUDGET_S} (seconds to the test result, from the call of "
-            "train() or, on the "
-            "command line, from process start)",
+            "train() or, on the command line, from process start)",
         ),
         (
             "training.warmup_epochs",

@@ -190,7 +190,7 @@ def _validate(
     check_int("kernel_size", kernel_size, minimum=1, several=True)
     if not isinstance(kernel_size, int) and (len(kernel_size) != 2 or len(set(kernel_size)) != 1):
         raise UserError(
-            f"kernel_size must be one integer, the side of the square kernels. Received: "
+            "kernel_size must be one integer, the side of the square kernels. Received: "
             f"{kernel_size!r}"
         )
     check_int("convs_per_block", convs_per_block, minimum=1, several=True)
