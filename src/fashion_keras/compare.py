@@ -144,7 +144,8 @@ def write_comparison(run_dirs, output, mc_samples=30, data_dir=None):
     """
     if len(run_dirs) < 2:
         raise UserError(f"compare needs at least two run directories. Received: {len(run_dirs)}")
-    if Path(output).exists() and not Path(output).is_dir():
+    output = Path(output)
+    if output.exists() and not output.is_dir():
         raise UserError(f"--output {output} is a file, not a folder; choose another --output")
     runs = [load_run(d) for d in run_dirs]
     finished = [run for run in runs if run["metrics"]]
@@ -153,7 +154,7 @@ def write_comparison(run_dirs, output, mc_samples=30, data_dir=None):
     summary = summarize(runs)
     per_variant, difference = seed_statistics(summary)
     metrics, ood, coverage = uncertainty_tables(finished, mc_samples, data_dir)
-    output = Path(output)  # written only now that every check has passed
+    # Written only now that every check has passed.
     files.write_text(output / "summary.csv", summary.to_csv(index=False))
     files.write_text(output / "per_variant.csv", per_variant.to_csv())
     if difference is not None:
