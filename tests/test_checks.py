@@ -70,6 +70,12 @@ def test_the_command_line_refuses_in_argparse_words(text):
         cli.at_least(1)(text)
 
 
+def test_the_command_line_refuses_above_the_most():
+    assert cli.at_least(10, at_most=20)("20") == 20
+    with pytest.raises(argparse.ArgumentTypeError, match="from 10 to 20, got '21'"):
+        cli.at_least(10, at_most=20)("21")
+
+
 @pytest.mark.parametrize("value", [1.5, 3, np.float32(0.25), np.int64(2)])
 def test_positive_numbers_pass_as_floats(value):
     checked = check_positive("temperature", value)

@@ -1,5 +1,6 @@
 import dataclasses
 
+import numpy as np
 import pytest
 
 from fashion_keras.config import ConfigError, dump_config, from_dict, list_presets, load_config
@@ -216,3 +217,16 @@ def test_file_errors(tmp_path):
         load_config(None, ["training.epochs=.inf"])  # YAML's infinity
     with pytest.raises(ConfigError, match="not KEY=VALUE"):
         load_config(None, ["training.epochs"])
+
+
+def test_numpy_numbers_become_python_numbers():
+    # As a script sweeping np.logspace sets them; config.yaml is written by yaml.safe_dump.
+    values = {"seed": np.int64(3), "training": {"learning_rate": np.float32(0.5)}}
+    config = from_dict({**values, "data": {"train_limit": np.int32(1000)}})
+    assert type(config.seed) is int and type(config.data.train_limit) is int
+    assert type(config.training.learning_rate) is float and config.training.learning_rate == 0.5
+    assert "learning_rate: 0.5" in dump_config(config)
+    with pytest.raises(ConfigError, match="expected a finite number, got nan"):
+        from_dict({"training": {"learning_rate": np.float32("nan")}})
+    with pytest.raises(ConfigError, match="seed: expected int, got float64"):
+        from_dict({"seed": np.float64(3)})

@@ -186,6 +186,11 @@ def test_load_data_small_files_split_and_limits(small_dataset):
         small_dataset, validation_size=10, train_limit=20, eval_limit=10
     )
     assert np.bincount(y).tolist() == [2] * 10 and len(yt) == 10
+    # numpy's integers count, even small ones (60000 - np.int16(10) overflows)
+    (x, _), (xv, _), _ = data.load_data(
+        small_dataset, validation_size=np.int16(10), train_limit=np.int32(30)
+    )
+    assert len(x) == 30 and len(xv) == 10
     _, _, (_, yt) = data.load_data(small_dataset, validation_size=10, one_hot=True)
     assert yt.shape == (20, 10) and yt.sum() == 20
     with pytest.raises(ValueError, match="train_limit=51 is larger than the 50 examples"):

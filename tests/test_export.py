@@ -153,6 +153,11 @@ def test_an_export_that_differs_replaces_nothing(trained, tmp_path, monkeypatch)
         export.export_run(run_dir, "litert", images=100)
     assert good.path.read_bytes() == before
     assert sorted(p.name for p in good.path.parent.iterdir()) == ["model.tflite"]
+    with pytest.raises(export.ExportError):  # the folders it made for the export go too
+        export.export_run(
+            run_dir, "litert", output=tmp_path / "new" / "deeper" / "m.tflite", images=10
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
 def test_bad_requests_are_one_line_errors(trained, tmp_path, monkeypatch):

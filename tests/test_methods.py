@@ -173,6 +173,8 @@ def test_the_grids_runs_and_their_configs():
         methods.Grid(epochs=15, seeds=(1,), members=0)
     with pytest.raises(UserError, match="seeds must be distinct"):
         methods.Grid(epochs=15, seeds=(1, 1), members=2)
+    with pytest.raises(UserError, match="train_limit must be an integer of at least 10"):
+        methods.Grid(epochs=15, seeds=(1,), members=1, train_limit=5)  # not one image a class
 
 
 def test_a_finished_run_of_another_grid_is_refused(tmp_path):
@@ -193,8 +195,12 @@ def test_the_command_explains_itself_and_checks_its_options():
     for option in ("--quick", "--output", "--docs", "--train-limit", "--data-dir"):
         assert option in result.stdout
     assert "8 models" in result.stdout
-    wrong = run_cli("methods", "--train-limit", "0")
-    assert wrong.returncode == 2 and "expected a whole number >= 1" in wrong.stderr
+    for text in ("5", "55001"):  # fewer than one image a class; more than the training set
+        wrong = run_cli("methods", "--train-limit", text)
+        assert wrong.returncode == 2, wrong.stderr
+        assert f"--train-limit: expected a whole number from 10 to 55000, got '{text}'" in (
+            wrong.stderr
+        )
 
 
 # --------------------------------------------------------------------------- end to end

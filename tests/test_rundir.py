@@ -157,3 +157,13 @@ def test_a_second_command_on_the_same_output_is_refused(tmp_path):
     assert result.returncode == 2
     assert "another process is writing" in result.stderr.splitlines()[-1]
     assert os.listdir(run_dir) == []
+
+
+def test_a_copy_blames_a_missing_source_not_its_destination(tmp_path):
+    source, copy = tmp_path / "backup.keras", tmp_path / "run" / "model.keras"
+    with pytest.raises(FileNotFoundError) as raised:  # not a WriteError naming `copy`
+        files.copy_file(source, copy)
+    assert raised.value.filename == str(source) and not (tmp_path / "run").exists()
+    source.write_bytes(b"weights")
+    files.copy_file(source, copy)
+    assert copy.read_bytes() == b"weights" and os.listdir(copy.parent) == ["model.keras"]

@@ -170,9 +170,14 @@ def test_lookahead_is_refused_where_a_run_can_only_run_one_batch_a_call(
         whole_calls(load_config("baseline", [*sets, "training.lookahead=0.5"]), 128, replicas)
 
 
-def test_train_takes_a_config():
+def test_train_takes_a_config_and_checks_it_again(tmp_path):
     with pytest.raises(ConfigError, match=re.escape("must be a Config from load_config")):
         train("baseline")
+    config = load_config("baseline")
+    config.training.epochs = 0  # edited by hand, after load_config checked it
+    with pytest.raises(ConfigError, match=r"training\.epochs"):
+        train(config, output=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 def test_more_batches_a_call_than_an_epoch_holds_is_one_epoch_a_call(capsys):

@@ -6,6 +6,11 @@ import numbers
 from fashion_keras.errors import UserError
 
 
+def is_integer(value):
+    """Whether `value` is a Python or numpy integer (`True` and `False` are not)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def check_int(name, value, minimum=0, *, several=False):
     """Raises a `UserError` unless `value` is an integer of at least `minimum`.
 
@@ -29,9 +34,7 @@ def check_int(name, value, minimum=0, *, several=False):
         (32, 64)
     """
     items = value if several and isinstance(value, (list, tuple)) else (value,)
-    if not items or not all(
-        isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= minimum for v in items
-    ):
+    if not items or not all(is_integer(v) and v >= minimum for v in items):
         wanted = "integers" if several else "an integer"
         raise UserError(
             f"{name} must be {wanted} of at least {minimum}. Received: {name}={value!r}"

@@ -179,18 +179,23 @@ def _add_data_dir(parser):
     )
 
 
-def at_least(minimum):
-    """An argparse type: a whole number of at least `minimum` (`checks.check_int`), with
-    argparse's wording, since argparse names the option itself."""
+def at_least(minimum, at_most=None):
+    """An argparse type: a whole number of at least `minimum` (`checks.check_int`), and at
+    most `at_most` if given, with argparse's wording, since argparse names the option itself."""
     from fashion_keras.checks import check_int
+
+    wanted = f">= {minimum}" if at_most is None else f"from {minimum} to {at_most}"
 
     def parse(text):
         try:
-            return check_int("value", int(text), minimum)
+            value = check_int("value", int(text), minimum)
+            if at_most is not None and value > at_most:
+                raise ValueError
         except ValueError:  # not a number, or a UserError from check_int
             raise argparse.ArgumentTypeError(
-                f"expected a whole number >= {minimum}, got {text!r}"
+                f"expected a whole number {wanted}, got {text!r}"
             ) from None
+        return value
 
     return parse
 
@@ -358,7 +363,7 @@ def build_parser():
     )
     p.add_argument(
         "--train-limit",
-        type=at_least(1),
+        type=at_least(10, at_most=55000),  # one image per class, at most the training set
         metavar="N",
         help="train every model on N images (default all; --quick: 1000); use its own --output",
     )

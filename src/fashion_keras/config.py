@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import importlib.resources
 import math
+import numbers
 import types
 import typing
 from pathlib import Path
@@ -20,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from fashion_keras import models
+from fashion_keras.checks import is_integer
 from fashion_keras.data import IMAGE_SHAPE, NUM_CLASSES
 from fashion_keras.errors import UserError
 
@@ -151,7 +153,8 @@ def _number(text):
 
 
 def _coerce(key, value, hint):
-    """Checks `value` against the type `hint`; returns it (ints are accepted as floats)."""
+    """Checks `value` against the type `hint`; returns it as Python's int or float (numpy's
+    numbers are accepted, and ints as floats)."""
     if typing.get_origin(hint) in _UNIONS:
         for arg in typing.get_args(hint):
             if arg is type(None) and value is None:
@@ -159,19 +162,21 @@ def _coerce(key, value, hint):
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
     if hint is float and isinstance(value, str):
         value = _number(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
-    if hint is float and isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"{key}: expected a finite number, got {value!r}")
     ok = (
         (hint is bool and isinstance(value, bool))
-        or (hint is int and isinstance(value, int) and not isinstance(value, bool))
-        or (hint is float and isinstance(value, (int, float)) and not isinstance(value, bool))
+        or (hint is int and is_integer(value))
+        or (hint is float and isinstance(value, numbers.Real) and not isinstance(value, bool))
         or (hint in (str, dict, list) and isinstance(value, hint))
     )
     if not ok:
         raise ConfigError(
             f"{key}: expected {_type_name(hint)}, got {type(value).__name__} {value!r}"
         )
-    return float(value) if hint is float else value
+    if hint is float:
+        value = float(value)  # numpy's numbers too: config.yaml is written by yaml.safe_dump
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+    return int(value) if hint is int else value
 
 
 def _unknown_key(key, known):

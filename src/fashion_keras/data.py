@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fashion_keras.checks import is_integer
 from fashion_keras.errors import UserError
 from fashion_keras.files import atomic_path
 
@@ -328,9 +329,10 @@ def balanced_subset(labels, limit):
 
 
 def _check_limit(name, value, available):
+    """`value` as Python's int (or None), once it is a limit `load_data` can keep."""
     if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < NUM_CLASSES:
+        return None
+    if not is_integer(value) or value < NUM_CLASSES:
         raise UserError(
             f"{name} must be an integer of at least {NUM_CLASSES} (one per class) or None. "
             f"Received: {name}={value!r}"
@@ -340,6 +342,7 @@ def _check_limit(name, value, available):
             f"{name}={value} is larger than the {available} examples available; "
             f"use at most {available} or None for all"
         )
+    return int(value)
 
 
 def to_one_hot(labels):
@@ -385,23 +388,27 @@ def load_data(
         (1000, 28, 28, 1)
     """
     total = FILES["train_images"].dims[0]
-    if isinstance(validation_size, bool) or not isinstance(validation_size, int):
+    if not is_integer(validation_size):
         raise UserError(f"validation_size must be an integer. Received: {validation_size!r}")
+    validation_size = int(validation_size)  # numpy's small integers would overflow below
     if not 1 <= validation_size < total:
         raise UserError(
             f"validation_size must be between 1 and {total - 1}. Received: "
             f"validation_size={validation_size}"
         )
-    if isinstance(validation_start, bool) or not isinstance(validation_start, int):
+    if not is_integer(validation_start):
         raise UserError(f"validation_start must be an integer. Received: {validation_start!r}")
+    validation_start = int(validation_start)
     if not 0 <= validation_start <= total - validation_size:
         raise UserError(
             f"validation_start must be between 0 and {total - validation_size}, so that the "
             f"{validation_size} validation images lie within the training file's {total}. "
             f"Received: validation_start={validation_start}"
         )
-    _check_limit("train_limit", train_limit, total - validation_size)
-    _check_limit("eval_limit", eval_limit, min(validation_size, FILES["test_images"].dims[0]))
+    train_limit = _check_limit("train_limit", train_limit, total - validation_size)
+    eval_limit = _check_limit(
+        "eval_limit", eval_limit, min(validation_size, FILES["test_images"].dims[0])
+    )
 
     arrays = read_files(data_dir, download=download, cache=cache)
     images, labels = arrays["train_images"], arrays["train_labels"]

@@ -12,6 +12,7 @@ already). The exporters and runtimes are the `export` extra: `pip install ".[exp
 project's folder (`make install` has it).
 """
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -277,6 +278,7 @@ def export_run(run_dir, format, output=None, checkpoint="model.keras", images=10
         raise UserError(
             f"--output {path} is a directory that holds no SavedModel; choose a new name"
         )
+    new_folders = [folder for folder in path.parents if not folder.exists()]  # deepest first
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -297,4 +299,8 @@ def export_run(run_dir, format, output=None, checkpoint="model.keras", images=10
             shutil.rmtree(tmp)
         elif tmp.exists():
             tmp.unlink()
+        if not path.exists():  # a failed export leaves no folders of its own behind
+            for folder in new_folders:
+                with contextlib.suppress(OSError):  # not empty: someone else's files now
+                    folder.rmdir()
     return Exported(path, format, disk_size(path), parity)

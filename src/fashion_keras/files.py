@@ -125,9 +125,13 @@ def save_model(model, path):
 
 
 def copy_file(source, path):
-    """Copies `source` to `path` atomically."""
-    with atomic_path(path) as tmp:
-        shutil.copyfile(source, tmp)
+    """Copies `source` to `path` atomically.
+
+    A `source` that cannot be opened raises its own `OSError`, naming it: not a `WriteError`,
+    which would blame `path`.
+    """
+    with open(source, "rb") as read, atomic_path(path) as tmp, open(tmp, "wb") as write:
+        shutil.copyfileobj(read, write)
 
 
 def remove(path):

@@ -27,6 +27,7 @@ import pandas as pd
 from fashion_keras import files
 from fashion_keras.checks import check_int
 from fashion_keras.config import dump_config, load_config
+from fashion_keras.data import NUM_CLASSES
 from fashion_keras.errors import UserError
 from fashion_keras.metrics import (
     accuracy_coverage_curve,
@@ -68,7 +69,7 @@ class Grid:
             check_int("seed", seed, minimum=0)
         for name in ("train_limit", "eval_limit"):
             if getattr(self, name) is not None:
-                check_int(name, getattr(self, name), minimum=1)
+                check_int(name, getattr(self, name), minimum=NUM_CLASSES)
 
 
 # 8 trainings (5 plain, 3 dropout) on all 55,000 images; see `fashion-keras methods -h`.

@@ -91,7 +91,8 @@ def train(config, output=None, data_dir=None, verbose=None, clock=None):
         the evaluated network's validation and test logits.
 
     Raises:
-        ConfigError: `config` is not a `Config`.
+        ConfigError: `config` is not a `Config`, or not a valid one (edited after
+            `load_config`).
         RunError: the run directory is someone else's, finished, or being written by another
             process; the budget cannot fit one epoch; the training diverged.
 
@@ -104,6 +105,7 @@ def train(config, output=None, data_dir=None, verbose=None, clock=None):
             "config must be a Config from load_config, e.g. load_config('baseline', "
             f"['training.epochs=3']). Received: {config!r}"
         )
+    config = cfg.from_dict(config.to_dict())  # checked again, as a file is: edits by hand
     clock = clock or stopwatch()
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
