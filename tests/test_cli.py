@@ -30,7 +30,7 @@ from conftest import CONFIGS, SMOKE, run_cli
             ["train", "--config", CONFIGS / "baseline.yaml", "--data-dir", "/nonexistent"],
             "/nonexistent (from --data-dir): not a directory",
         ),
-        (["evaluate", "/nonexistent-run"], "/nonexistent-run/model.keras not found"),
+        (["evaluate", "/nonexistent-run"], "/nonexistent-run: no such run directory"),
         (["data", "--data-dir", "/nonexistent"], "not a directory"),
     ],
 )

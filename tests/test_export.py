@@ -166,7 +166,7 @@ def test_bad_requests_are_one_line_errors(trained, tmp_path, monkeypatch):
         export.export_run(run_dir, "pb")
     with pytest.raises(UserError, match=r"onnx exports are a file ending in \.onnx"):
         export.export_run(run_dir, "onnx", output=tmp_path / "model.tflite")
-    with pytest.raises(UserError, match="not found; is .* a finished run"):
+    with pytest.raises(UserError, match="config.yaml not found; is .* a run directory"):
         export.export_run(tmp_path, "onnx")
     mine = tmp_path / "notes"  # a folder of the user's: never replaced by a SavedModel
     (mine / "keep.txt").parent.mkdir()

@@ -3,6 +3,7 @@ import json
 import os
 import shutil
 import signal
+import zlib
 
 import keras
 import numpy as np
@@ -67,6 +68,26 @@ def test_huge_image_header_is_refused_without_decoding(tmp_path):
     (tmp_path / "huge.png").write_bytes(buffer.getvalue())
     with pytest.raises(InputError, match="5000×5000"):
         read_inputs(tmp_path / "huge.png")
+    # Beyond Pillow's own limit (about 179 million pixels): a header that claims 20000×20000.
+    raw = bytearray(buffer.getvalue())
+    raw[16:24] = (20000).to_bytes(4, "big") * 2  # IHDR's width and height, then its CRC
+    raw[29:33] = zlib.crc32(bytes(raw[12:29])).to_bytes(4, "big")
+    (tmp_path / "bomb.png").write_bytes(bytes(raw))
+    with pytest.raises(InputError, match="far too large; at most 16777216 pixels"):
+        read_inputs(tmp_path / "bomb.png")
+
+
+def test_16_bit_images_keep_their_range_and_32_bit_ones_are_refused(tmp_path):
+    pixels = np.random.default_rng(0).integers(0, 256, (28, 28))
+    Image.fromarray(pixels.astype(np.uint8)).save(tmp_path / "8.png")
+    Image.fromarray((pixels * 257).astype(np.uint16)).save(tmp_path / "16.png")  # same image
+    assert Image.open(tmp_path / "16.png").mode.startswith("I;16")
+    np.testing.assert_allclose(read_inputs(tmp_path / "16.png"), read_inputs(tmp_path / "8.png"))
+    Image.fromarray(pixels.astype(np.float32) / 255).save(tmp_path / "float.tiff")
+    with pytest.raises(InputError, match="a F image .* save it as an 8- or 16-bit image"):
+        read_inputs(tmp_path / "float.tiff")
+    with pytest.raises(InputError, match=r"is a folder; give the files in it \(e\.g\."):
+        read_inputs(tmp_path)
 
 
 @settings(
@@ -241,10 +262,21 @@ def test_temperature_run_reads_the_runs_fitted_temperature(tiny_paths, images, t
     (tmp_path / "cut.keras").write_bytes(tiny_paths[0].read_bytes()[:1000])  # a copy cut short
     with pytest.raises(UserError, match="cut.keras: not a Keras model .* cut short"):
         predict_files(tmp_path / "cut.keras", [images])
+    (tmp_path / "metrics.json").write_text("{")
+    with pytest.raises(UserError, match=r"metrics.json is damaged; give --temperature T"):
+        predict_files(model, [images], temperature="run")
+    (tmp_path / "metrics.json").write_text(json.dumps({"temperature": -1}))
+    with pytest.raises(UserError, match=r"holds temperature=-1, not a number above 0"):
+        predict_files(model, [images], temperature="run")
     (tmp_path / "metrics.json").write_text(json.dumps({"temperature": 0.25}))
     scaled = predict_files(model, [images], top=10, temperature="run")
     assert scaled == predict_files(model, [images], top=10, temperature=0.25)
     assert scaled != predict_files(model, [images], top=10)
+    # The run's directory names its model.keras; the temperature is that network's only.
+    assert predict_files(tmp_path, images, top=10, temperature="run") == scaled  # one path
+    shutil.copy(model, tmp_path / "best.keras")
+    with pytest.raises(UserError, match="fitted for its model.keras, not best.keras"):
+        predict_files(tmp_path / "best.keras", [images], temperature="run")
 
 
 @pytest.mark.parametrize(
@@ -267,6 +299,20 @@ def test_an_ensemble_of_models_that_do_not_fit_is_a_clear_error(tiny_paths, imag
     build_cnn(num_classes=5, filters=(4,), units=8).save(tmp_path / "five.keras")
     with pytest.raises(ValueError, match=r"models\[1\] takes \(28, 28, 1\) -> 5 classes"):
         predict_files([tiny_paths[0], tmp_path / "five.keras"], [images])
+    with pytest.raises(UserError, match=r"gives \(None, 5\); a Fashion-MNIST model .* 10\)"):
+        predict_files(tmp_path / "five.keras", [images])  # not one of Fashion-MNIST's
+
+
+def test_a_model_with_python_code_is_refused_in_safe_mode(images, tmp_path):
+    inputs = keras.Input((28, 28, 1))
+    logits = keras.layers.Dense(10)(
+        keras.layers.Flatten()(keras.layers.Lambda(lambda x: x)(inputs))
+    )
+    keras.Model(inputs, logits).save(tmp_path / "lambda.keras")
+    with pytest.raises(UserError, match="lambda.keras: refused in Keras' safe mode: it holds"):
+        predict_files(tmp_path / "lambda.keras", [images])
+    with pytest.raises(UserError, match="mc_samples must be an integer of at least 0"):
+        predict_files(tmp_path / "lambda.keras", [images], mc_samples=-1)  # before loading
 
 
 @pytest.fixture

@@ -167,3 +167,16 @@ def test_a_copy_blames_a_missing_source_not_its_destination(tmp_path):
     source.write_bytes(b"weights")
     files.copy_file(source, copy)
     assert copy.read_bytes() == b"weights" and os.listdir(copy.parent) == ["model.keras"]
+
+
+def test_a_run_without_its_config_or_model_says_which(tmp_path):
+    from fashion_keras.config import dump_config, load_config
+    from fashion_keras.rundir import load_run_model
+
+    with pytest.raises(RunError, match=r"config.yaml not found; is .* a run directory\?"):
+        load_run_model(tmp_path)
+    (tmp_path / "config.yaml").write_text(dump_config(load_config("fast", ["training.members=2"])))
+    with pytest.raises(RunError, match="best.keras not found; an ensemble saves no best.keras"):
+        load_run_model(tmp_path, checkpoint="best.keras")
+    with pytest.raises(RunError, match=r"model.keras not found; is .* a finished run\?"):
+        load_run_model(tmp_path)

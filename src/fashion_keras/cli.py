@@ -164,7 +164,8 @@ def _predict(args):
         if "error" in r:
             print(f"fashion-keras: error: {r['file']}: {r['error']}", file=sys.stderr)
         elif not args.json:
-            label = r["file"] + (f"[{r['index']}]" if r["file"].endswith(".npy") else "")
+            npy = r["file"].lower().endswith(".npy")
+            label = r["file"] + (f"[{r['index']}]" if npy else "")
             line = label + ": " + ", ".join(f"{name} {p:.1%}" for name, p in r["top"])
             sure = f"entropy {r['entropy']:.3f}"
             if "mutual_information" in r:
@@ -223,19 +224,21 @@ def temperature_option(text):
 MC_HELP = "Monte Carlo dropout passes for the uncertainty sections (default 30)"
 
 PREDICT_HELP = """\
-Images are converted to 8-bit grayscale and resized to 28x28 when they are not 28x28
-already; pixels are scaled to [0, 1] and not inverted (Fashion-MNIST shows light garments
-on a dark background). .npy files must hold 28x28 images shaped (28, 28), (28, 28, 1),
-(N, 28, 28) or (N, 28, 28, 1) as uint8 or floats in [0, 1]; they are never resized and
-are read without pickle. A file that cannot be read is reported on stderr and the others
-are still predicted; the exit status is then 1. Models load in Keras' safe mode.
+Images are converted to grayscale (8- or 16-bit; 32-bit and float images are refused)
+and resized to 28x28 when they are not 28x28 already; pixels are scaled to [0, 1] and not
+inverted (Fashion-MNIST shows light garments on a dark background). .npy files must hold
+28x28 images shaped (28, 28), (28, 28, 1), (N, 28, 28) or (N, 28, 28, 1) as uint8 or
+floats in [0, 1]; they are never resized and are read without pickle. A file that cannot
+be read is reported on stderr and the others are still predicted; the exit status is then 1.
+Models load in Keras' safe mode.
 
 Uncertainty: entropy is always reported. --mc-samples N averages N Monte Carlo dropout
 passes; --model given several times averages an ensemble of models. Both also report
 mutual information, the disagreement between the passes or the models. --temperature T
 divides one model's logits by T before the softmax (temperature scaling: T > 1 softens an
 overconfident model; --temperature run takes the T that training fitted on the validation
-split, from the run's metrics.json); it goes with one --model and no --mc-samples.
+split, from the run's metrics.json, for its model.keras); it goes with one --model and no
+--mc-samples.
 """
 
 
@@ -382,7 +385,8 @@ def build_parser():
         required=True,
         action="append",
         metavar="PATH",
-        help="a .keras file, e.g. runs/baseline/model.keras; repeat it for an ensemble "
+        help="a .keras file, e.g. runs/baseline/model.keras, or a run directory (its "
+        "model.keras); repeat it for an ensemble "
         "(the mean of the models' probabilities, with their mutual information)",
     )
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_NPY")

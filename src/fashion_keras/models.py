@@ -149,7 +149,15 @@ def load_model(path):
             f"{path}: not a Keras model (a .keras file is a zip archive): damaged or cut "
             "short; save or copy it again"
         )
-    return keras.saving.load_model(path, safe_mode=True)
+    try:
+        return keras.saving.load_model(path, safe_mode=True)
+    except ValueError as e:
+        if "safe_mode=False" not in str(e):  # Keras' words for a refusal of safe mode
+            raise
+        raise UserError(
+            f"{path}: refused in Keras' safe mode: it holds Python code (a Lambda layer or "
+            "function), which loading would run; rebuild the model without it"
+        ) from None
 
 
 def _as_tuple(value):

@@ -1,20 +1,22 @@
 """Class probabilities for image files and `.npy` batches, one clear error per bad file.
 
-Images (PNG, JPEG, anything Pillow reads) are converted to 8-bit grayscale and, when not
-28×28, resized to 28×28; pixels are scaled to [0, 1] and *not* inverted, so they should
+Images (PNG, JPEG, anything Pillow reads) are converted to grayscale (16-bit ones keep their
+range; 32-bit and float images are refused) and, when not 28×28, resized to 28×28; pixels are
+scaled to [0, 1] and *not* inverted, so they should
 look like Fashion-MNIST: a light garment on a dark background. `.npy` files must hold
 28×28 images, shaped (28, 28), (28, 28, 1), (N, 28, 28) or (N, 28, 28, 1), as uint8
 (0–255) or floats in [0, 1]; they are read without pickle and never resized.
 """
 
 import json
+import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from fashion_keras.checks import check_positive
-from fashion_keras.data import CLASS_NAMES
+from fashion_keras.checks import check_int, check_positive
+from fashion_keras.data import CLASS_NAMES, IMAGE_SHAPE, NUM_CLASSES
 from fashion_keras.errors import UserError
 
 MAX_PIXELS = 4096 * 4096  # larger images are refused rather than decoded
@@ -58,25 +60,43 @@ def _read_npy(path):
     return images
 
 
+def _grayscale(image):
+    """`image` as a float32 image ("F") in [0, 1]. Pillow's own conversion to 8 bits ("L")
+    would clip 16-bit pixels at 255, not scale them."""
+    from PIL import Image
+
+    if image.mode.startswith("I;16"):
+        return Image.fromarray(np.asarray(image, dtype="float32") / 65535)
+    if image.mode in ("I", "F"):
+        raise InputError(
+            f"a {image.mode} image (32-bit integer or float pixels) has no fixed range; "
+            "save it as an 8- or 16-bit image"
+        )
+    return Image.fromarray(np.asarray(image.convert("L"), dtype="float32") / 255)
+
+
 def _read_image(path):
     from PIL import Image, UnidentifiedImageError
 
+    too_large = f"at most {MAX_PIXELS} pixels are read"
     try:
         with Image.open(path) as image:
             width, height = image.size
             if width * height > MAX_PIXELS:
-                raise InputError(f"image is {width}×{height}; at most {MAX_PIXELS} pixels are read")
-            image = image.convert("L")
+                raise InputError(f"image is {width}×{height}; {too_large}")
+            image = _grayscale(image)
             if image.size != (28, 28):
                 image = image.resize((28, 28), Image.Resampling.LANCZOS)
             pixels = np.asarray(image, dtype="float32")
     except InputError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError):
+    except Image.DecompressionBombError:  # Pillow's own limit, far above ours
+        raise InputError(f"image is far too large; {too_large}") from None
+    except UnidentifiedImageError:
         raise InputError("not an image Pillow can read, nor a .npy file") from None
     except (OSError, ValueError, SyntaxError) as e:
         raise InputError(f"cannot decode the image ({e})") from None
-    return (pixels / 255.0)[None, :, :, None]
+    return np.clip(pixels, 0, 1)[None, :, :, None]  # Lanczos overshoots a little at edges
 
 
 def read_inputs(path):
@@ -86,6 +106,8 @@ def read_inputs(path):
         InputError: the file is missing, unreadable, or not images of the right kind.
     """
     path = Path(path)
+    if path.is_dir():
+        raise InputError("is a folder; give the files in it (e.g. FOLDER/*.png)")
     if not path.is_file():
         raise InputError("no such file")
     if path.suffix.lower() == ".npy":
@@ -105,6 +127,7 @@ def _check_options(top, mc_samples, temperature, members):
             f"top must be between 1 and {len(CLASS_NAMES)} (classes listed per image). "
             f"Received: top={top!r}"
         )
+    check_int("mc_samples", mc_samples)
     if temperature is not None and temperature != "run":
         check_positive("temperature", temperature)
     if temperature is not None and mc_samples:
@@ -122,17 +145,32 @@ def _check_options(top, mc_samples, temperature, members):
         )
 
 
+def _model_file(model):
+    """The `.keras` file `model` names: itself, or a run directory's `model.keras`."""
+    path = Path(model)
+    if path.is_dir() and (path / "model.keras").is_file():
+        return path / "model.keras"
+    if not path.is_file() or path.suffix != ".keras":
+        raise UserError(f"--model {path}: expected an existing .keras file or run directory")
+    return path
+
+
 def _load_model(model):
     import keras
 
     from fashion_keras.models import load_model
 
-    if isinstance(model, keras.Model):
-        return model
-    model_path = Path(model)
-    if not model_path.is_file() or model_path.suffix != ".keras":
-        raise UserError(f"--model {model_path}: expected an existing .keras file")
-    return load_model(model_path)
+    return model if isinstance(model, keras.Model) else load_model(_model_file(model))
+
+
+def _check_fashion_mnist(model):
+    """Refuses a model that does not take 28×28×1 images to 10 classes' logits."""
+    shapes = tuple(getattr(model, "input_shape", ())), tuple(getattr(model, "output_shape", ()))
+    if shapes != ((None, *IMAGE_SHAPE), (None, NUM_CLASSES)):
+        raise UserError(
+            f"model {model.name} takes {shapes[0]} and gives {shapes[1]}; a Fashion-MNIST "
+            f"model takes (None, 28, 28, 1) images and gives (None, {NUM_CLASSES}) logits"
+        )
 
 
 def run_temperature(model_path):
@@ -149,26 +187,42 @@ def run_temperature(model_path):
             'temperature="run" reads the run directory of a model file; give the model as '
             "the path of its .keras file, or give the temperature as a number"
         )
-    metrics = Path(model_path).parent / "metrics.json"
-    found = json.loads(metrics.read_text()).get("temperature") if metrics.is_file() else None
+    model_path = _model_file(model_path)
+    if model_path.name != "model.keras":
+        raise UserError(
+            f"--temperature run: the run's temperature was fitted for its model.keras, not "
+            f"{model_path.name}; give --temperature T"
+        )
+    metrics = model_path.parent / "metrics.json"
+    try:
+        found = json.loads(metrics.read_text()).get("temperature") if metrics.is_file() else None
+    except (ValueError, AttributeError):  # not JSON, or not an object
+        raise UserError(f"--temperature run: {metrics} is damaged; give --temperature T") from None
     if found is None:
         raise UserError(
             f"--temperature run: {metrics} holds no fitted temperature (runs finish with one "
             "since fashion_keras 0.3); give --temperature T, e.g. fitted with "
             "fashion_keras.uncertainty.fit_temperature"
         )
-    return float(found)
+    try:
+        return check_positive("temperature", found)
+    except UserError:
+        raise UserError(
+            f"--temperature run: {metrics} holds temperature={found!r}, not a number above 0 "
+            "(damaged?); give --temperature T"
+        ) from None
 
 
 def predict_files(model, paths, top=3, mc_samples=0, seed=0, temperature=None):
     """Predicts every image in `paths`; a bad file becomes an error entry, not an exception.
 
     Args:
-        model: a Keras model (logits out) or the path of a `.keras` file, loaded in safe mode;
+        model: a Keras model (logits out) or the path of a `.keras` file (or of a run
+            directory, for its `model.keras`), loaded in safe mode;
             or a list of them, an ensemble of several models, predicted by averaging their
             probabilities (see `fashion_keras.uncertainty.ensemble_predict`). A list of one
             is that one model.
-        paths: image or `.npy` files.
+        paths: image or `.npy` files (or one).
         top: how many classes to list per image.
         mc_samples: 0 for one ordinary prediction, or the number of Monte Carlo dropout
             passes (see `fashion_keras.uncertainty.mc_predict`; needs a model with dropout).
@@ -193,6 +247,8 @@ def predict_files(model, paths, top=3, mc_samples=0, seed=0, temperature=None):
         >>> predict_files("runs/dropout/model.keras", ["shirt.png"], mc_samples=30)
         >>> predict_files([f"runs/seed{s}/model.keras" for s in (1, 2, 3)], ["shirt.png"])
     """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]  # one file, not its name's letters
     members = list(model) if isinstance(model, (list, tuple)) else [model]
     _check_options(top, mc_samples, temperature, len(members))
     predict = _predictor(members, mc_samples, seed, temperature)
@@ -219,6 +275,7 @@ def _predictor(members, mc_samples, seed, temperature):
     from fashion_keras import uncertainty
 
     loaded = uncertainty.check_ensemble([_load_model(m) for m in members])
+    _check_fashion_mnist(loaded[0])  # and so every member: they fit together
     if temperature == "run":  # once the model is known to be there
         temperature = run_temperature(members[0])
     members, model = loaded, loaded[0]

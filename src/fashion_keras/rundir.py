@@ -262,9 +262,15 @@ def load_run_model(run_dir, data_dir=None, checkpoint="model.keras"):
 
     run_dir = Path(run_dir)
     path = run_dir / checkpoint
-    if not path.is_file():
-        raise RunError(f"{path} not found; is {run_dir} a finished run directory?")
+    if not run_dir.is_dir():
+        raise RunError(f"{run_dir}: no such run directory (train's --output)")
+    if not (run_dir / "config.yaml").is_file():
+        raise RunError(f"{run_dir}/config.yaml not found; is {run_dir} a run directory?")
     config = load_config(run_dir / "config.yaml")
+    if not path.is_file():
+        unsaved = config.training.members > 1 and checkpoint == "best.keras"
+        why = "an ensemble saves no best.keras" if unsaved else f"is {run_dir} a finished run?"
+        raise RunError(f"{path} not found; {why}")
     _, _, (x_test, y_test) = load_data(data_dir, **dataclasses.asdict(config.data))
     return load_model(path), x_test, y_test
 
