@@ -81,7 +81,7 @@ def test_16_bit_images_keep_their_range_and_32_bit_ones_are_refused(tmp_path):
     pixels = np.random.default_rng(0).integers(0, 256, (28, 28))
     Image.fromarray(pixels.astype(np.uint8)).save(tmp_path / "8.png")
     Image.fromarray((pixels * 257).astype(np.uint16)).save(tmp_path / "16.png")  # same image
-    assert Image.open(tmp_path / "16.png").mode.startswith("I;16")
+    assert Image.open(tmp_path / "16.png").mode in ("I;16", "I")  # "I" in older Pillow
     np.testing.assert_allclose(read_inputs(tmp_path / "16.png"), read_inputs(tmp_path / "8.png"))
     Image.fromarray(pixels.astype(np.float32) / 255).save(tmp_path / "float.tiff")
     with pytest.raises(InputError, match="a F image .* save it as an 8- or 16-bit image"):

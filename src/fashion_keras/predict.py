@@ -1,9 +1,9 @@
 """Class probabilities for image files and `.npy` batches, one clear error per bad file.
 
 Images (PNG, JPEG, anything Pillow reads) are converted to grayscale (16-bit ones keep their
-range; 32-bit and float images are refused) and, when not 28×28, resized to 28×28; pixels are
-scaled to [0, 1] and *not* inverted, so they should
-look like Fashion-MNIST: a light garment on a dark background. `.npy` files must hold
+range; 32-bit and float images are refused) and, when not 28×28, resized to 28×28; pixels
+are scaled to [0, 1] and *not* inverted, so they should look like Fashion-MNIST: a light
+garment on a dark background. `.npy` files must hold
 28×28 images, shaped (28, 28), (28, 28, 1), (N, 28, 28) or (N, 28, 28, 1), as uint8
 (0–255) or floats in [0, 1]; they are read without pickle and never resized.
 """
@@ -65,7 +65,8 @@ def _grayscale(image):
     would clip 16-bit pixels at 255, not scale them."""
     from PIL import Image
 
-    if image.mode.startswith("I;16"):
+    if image.mode.startswith("I;16") or (image.mode == "I" and image.format == "PNG"):
+        # a PNG holds at most 16 bits a pixel; older Pillow opens 16-bit ones as "I"
         return Image.fromarray(np.asarray(image, dtype="float32") / 65535)
     if image.mode in ("I", "F"):
         raise InputError(
