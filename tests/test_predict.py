@@ -44,8 +44,8 @@ def test_reads_png_jpeg_and_npy(tmp_path):
     "content, message",
     [
         (np.zeros((3, 32, 32)), "is not 28×28 images"),
-        (np.zeros((28, 28), np.int32), "dtype int32 is not uint8 or float"),
-        (np.full((28, 28), 2.0), "within [0, 1]"),
+        (np.zeros((28, 28), np.int32), "dtype int32 is not uint8 or float; pixels of 0-255: "),
+        (np.full((28, 28), 2.0), "within [0, 1]; pixels of 0-255: divide them by 255"),
         (np.full((28, 28), np.nan), "finite"),
         (np.array(["x"] * 784).reshape(28, 28), "dtype <U1"),
     ],

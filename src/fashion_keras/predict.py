@@ -53,10 +53,16 @@ def _read_npy(path):
     if array.dtype == np.uint8:
         return np.asarray(array, dtype="float32").reshape(shape) / 255.0
     if array.dtype.kind != "f":
-        raise InputError(f"dtype {array.dtype} is not uint8 or float")
+        hint = (
+            "; pixels of 0-255: save them with .astype('uint8')" if array.dtype.kind in "iu" else ""
+        )
+        raise InputError(f"dtype {array.dtype} is not uint8 or float{hint}")
     images = np.asarray(array, dtype="float32").reshape(shape)
-    if not np.isfinite(images).all() or images.min() < 0 or images.max() > 1:
-        raise InputError("float pixels must be finite and within [0, 1]")
+    finite = np.isfinite(images).all()
+    if not finite or images.min() < 0 or images.max() > 1:
+        bytes_like = finite and images.min() >= 0 and images.max() <= 255
+        hint = "; pixels of 0-255: divide them by 255" if bytes_like else ""
+        raise InputError(f"float pixels must be finite and within [0, 1]{hint}")
     return images
 
 
