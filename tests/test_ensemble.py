@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from fashion_keras import ensemble
-from fashion_keras.config import ConfigError, load_config
+from fashion_keras.config import END_RESERVE_S, ConfigError, load_config
 from fashion_keras.data import load_data
 from fashion_keras.metrics import log_softmax, logit_scores
 from fashion_keras.models import load_model
@@ -43,7 +43,7 @@ def test_a_share_too_small_is_refused_before_anything_is_written(tmp_path):
 
 def test_each_member_gets_an_equal_share_of_what_is_left(tmp_path):
     config = load_config("fast", ["training.time_budget_s=100", "training.members=3"])
-    reserve = ensemble.END_RESERVE_S
+    reserve = END_RESERVE_S
     assert ensemble.member_budget(config, tmp_path, 0, 4.0) == round((96 - reserve) / 3, 2)
     assert ensemble.member_budget(config, tmp_path, 2, 70.0) == round(30 - reserve, 2)
     # A resumed member keeps the budget it planned with.
@@ -70,7 +70,7 @@ def test_ensemble_keeps_its_budget_and_scores_the_mean_softmax(tmp_path):
     ]
     # The first gets half of what is left after start-up and the reserve; the second, what
     # the first left.
-    assert (30 - ensemble.END_RESERVE_S - 5) / 2 <= shares[0] <= (30 - ensemble.END_RESERVE_S) / 2
+    assert (30 - END_RESERVE_S - 5) / 2 <= shares[0] <= (30 - END_RESERVE_S) / 2
     assert metrics["budget_kept"] and metrics["wall_time_s"] <= 30
     assert metrics["epochs"] == pytest.approx(sum(m["epochs"] for m in metrics["members"]))
 

@@ -9,7 +9,7 @@ ensemble is complete). `fashion-keras evaluate`, `predict` and `export` take its
 `model.keras` as any run's; `report` takes each member.
 
 With `training.time_budget_s`, each member gets an equal share of what is left of the
-budget when it starts, less `END_RESERVE_S` for the ensemble's own end, and plans its
+budget when it starts, less `config.END_RESERVE_S` for the ensemble's own end, and plans its
 epochs within it as any budgeted run does. The ensemble's scores come from the logits each
 member computed at its own end, so no image is predicted twice.
 
@@ -38,7 +38,6 @@ from fashion_keras.uncertainty import fit_temperature
 # Member k trains with seed + 1000 * k: the ensembles of neighbouring seeds (42, 43, ...)
 # share no member, so that their spread over seeds is that of independent runs.
 SEED_STEP = 1000
-END_RESERVE_S = cfg.END_RESERVE_S  # the ensemble's end after its last member
 
 
 def train_members(train, config, output, data_dir, verbose, clock):
@@ -96,7 +95,7 @@ def member_budget(config, run_dir, k, started_s):
     plan = rundir.read_json(run_dir / "plan.json")
     if plan:
         return plan["time_budget_s"]
-    share = round((t.time_budget_s - END_RESERVE_S - started_s) / (t.members - k), 2)
+    share = round((t.time_budget_s - cfg.END_RESERVE_S - started_s) / (t.members - k), 2)
     if share < cfg.LEAST_BUDGET_S:
         raise RunError(
             f"training.time_budget_s={t.time_budget_s:g} leaves {share:.1f} s for member "

@@ -8,7 +8,6 @@ garment on a dark background. `.npy` files must hold
 (0–255) or floats in [0, 1]; they are read without pickle and never resized.
 """
 
-import json
 import os
 import warnings
 from pathlib import Path
@@ -201,8 +200,10 @@ def run_temperature(model_path):
             f"{model_path.name}; give --temperature T"
         )
     metrics = model_path.parent / "metrics.json"
+    from fashion_keras.rundir import read_json
+
     try:
-        found = json.loads(metrics.read_text()).get("temperature") if metrics.is_file() else None
+        found = (read_json(metrics) or {}).get("temperature")
     except (ValueError, AttributeError):  # not JSON, or not an object
         raise UserError(f"--temperature run: {metrics} is damaged; give --temperature T") from None
     if found is None:
