@@ -149,7 +149,7 @@ def test_predict_cli_json_and_exit_status(tmp_path, model_path):
     result = run_cli(
         "predict", "--model", model_path, "--json", tmp_path / "ok.png", tmp_path / "bad.png"
     )
-    assert result.returncode == 1
+    assert result.returncode == 3  # not 1 (unexpected) nor 2 (a mistake in the command)
     payload = json.loads(result.stdout)
     assert payload[0]["top"][0][0] in CLASS_NAMES
     assert "bad.png: not an image" in result.stderr and "Traceback" not in result.stderr
@@ -313,6 +313,47 @@ def test_a_model_with_python_code_is_refused_in_safe_mode(images, tmp_path):
         predict_files(tmp_path / "lambda.keras", [images])
     with pytest.raises(UserError, match="mc_samples must be an integer of at least 0"):
         predict_files(tmp_path / "lambda.keras", [images], mc_samples=-1)  # before loading
+
+
+def _probabilities(results):
+    return [[_top(result)[c] for c in CLASS_NAMES] for result in results]
+
+
+@pytest.mark.parametrize("softmax", ["activation", "layer", "float32 layer, mixed precision"])
+def test_a_model_that_ends_in_a_softmax_is_not_softmaxed_twice(images, tmp_path, softmax):
+    keras.utils.set_random_seed(3)
+    previous = keras.mixed_precision.dtype_policy()
+    if softmax.endswith("mixed precision"):  # the policy Keras' guide sets, kept while predicting
+        keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+    try:
+        x = keras.layers.Dropout(0.2)(keras.layers.Flatten()(inputs := keras.Input((28, 28, 1))))
+        if softmax == "activation":
+            outputs = keras.layers.Dense(10, activation="softmax")(x)
+        else:
+            outputs = keras.layers.Softmax(dtype="float32")(keras.layers.Dense(10)(x))
+        model = keras.Model(inputs, outputs)
+        model.save(tmp_path / "probabilities.keras")
+        expected = model.predict(read_inputs(images), verbose=0)
+        for model_or_path in (model, tmp_path / "probabilities.keras"):
+            results = predict_files(model_or_path, [images], top=10)
+            np.testing.assert_allclose(_probabilities(results), expected, atol=1e-6)
+        logits = np.log(expected.astype("float64")) / 0.5
+        sharper = np.exp(logits) / np.exp(logits).sum(axis=-1, keepdims=True)
+        results = predict_files(model, [images], top=10, temperature=0.5)
+        np.testing.assert_allclose(_probabilities(results), sharper, atol=1e-6)
+        assert len(predict_files(model, [images], mc_samples=3)) == 3  # the copy keeps dropout
+        np.testing.assert_array_equal(model.predict(read_inputs(images), verbose=0), expected)
+    finally:
+        keras.mixed_precision.set_dtype_policy(previous)
+
+
+def test_a_model_whose_softmax_is_followed_by_more_is_taken_as_it_is(images):
+    inputs = keras.Input((28, 28, 1))
+    probabilities = keras.layers.Dense(10, activation="softmax")(keras.layers.Flatten()(inputs))
+    model = keras.Model(inputs, keras.ops.log(probabilities))  # already logits
+    expected = np.asarray(keras.ops.softmax(model.predict(read_inputs(images), verbose=0)))
+    results = predict_files(model, [images], top=10)
+    np.testing.assert_allclose(_probabilities(results), expected, atol=1e-6)
 
 
 @pytest.fixture

@@ -180,3 +180,19 @@ def test_a_run_without_its_config_or_model_says_which(tmp_path):
         load_run_model(tmp_path, checkpoint="best.keras")
     with pytest.raises(RunError, match=r"model.keras not found; is .* a finished run\?"):
         load_run_model(tmp_path)
+
+
+def test_a_backup_missing_a_file_it_names_is_refused_before_loading(tmp_path):
+    from fashion_keras.rundir import restore_backup
+
+    entry = {"weights": "epoch-0002.weights.h5", "random_state": "epoch-0002.random.npz"}
+    entry["pieces"] = {"best_checkpoint": {"best": 0.3, "file": "best-0002.keras"}}
+    files.write_json(tmp_path / "state.json", {"epochs": {"2": entry}})
+    (tmp_path / "epoch-0002.random.npz").write_bytes(b"")
+    # model None: the check comes before anything is loaded into it
+    with pytest.raises(RunError) as raised:
+        restore_backup(None, tmp_path, 2)
+    assert str(raised.value) == (
+        f"{tmp_path} is damaged: best-0002.keras, epoch-0002.weights.h5 (epoch 2) not found; "
+        "train into a new --output"
+    )

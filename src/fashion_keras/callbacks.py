@@ -343,10 +343,7 @@ class RunState(keras.callbacks.Callback):
         for piece in self.pieces.values():
             if hasattr(piece, "on_commit"):
                 piece.on_commit(epoch)
-        named = set()
-        for e in kept.values():
-            named |= {e["weights"], e["random_state"]}
-            named |= {p["file"] for p in e["pieces"].values() if p and p.get("file")}
+        named = set().union(*map(rundir.backup_files, kept.values()))
         for old in sorted(self.backup_dir.glob("epoch-*")):
             if old.name not in named:
                 files.remove(old)

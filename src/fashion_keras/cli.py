@@ -2,8 +2,9 @@
 
 A user's mistake (`fashion_keras.errors.UserError`) is one line on stderr and exit status 2.
 Anything else is unexpected: one line that says so, exit status 1, and the traceback with
-FASHION_KERAS_DEBUG=1. TensorFlow's start-up notices are left out of stderr
-(`fashion_keras.quiet`) unless `--verbose` or FASHION_KERAS_VERBOSE=1.
+FASHION_KERAS_DEBUG=1. `predict` exits with status 3 when some input files could not be read.
+TensorFlow's start-up notices are left out of stderr (`fashion_keras.quiet`) unless
+`--verbose` or FASHION_KERAS_VERBOSE=1.
 """
 
 import argparse
@@ -171,7 +172,7 @@ def _predict(args):
             if "mutual_information" in r:
                 sure += f", mutual information {r['mutual_information']:.3f}"
             print(f"{line} ({sure})")
-    return 1 if any("error" in r for r in results) else 0
+    return 3 if any("error" in r for r in results) else 0  # 1 and 2 mean what main() says
 
 
 def _add_data_dir(parser):
@@ -229,7 +230,7 @@ and resized to 28x28 when they are not 28x28 already; pixels are scaled to [0, 1
 inverted (Fashion-MNIST shows light garments on a dark background). .npy files must hold
 28x28 images shaped (28, 28), (28, 28, 1), (N, 28, 28) or (N, 28, 28, 1) as uint8 or
 floats in [0, 1]; they are never resized and are read without pickle. A file that cannot
-be read is reported on stderr and the others are still predicted; the exit status is then 1.
+be read is reported on stderr and the others are still predicted; the exit status is then 3.
 Models load in Keras' safe mode.
 
 Uncertainty: entropy is always reported. --mc-samples N averages N Monte Carlo dropout

@@ -169,6 +169,38 @@ def _load_model(model):
     return model if isinstance(model, keras.Model) else load_model(_model_file(model))
 
 
+def _as_logits(model):
+    """`model`, or if it ends in a softmax, a copy that gives the logits the softmax takes.
+
+    Every prediction here applies its own softmax (after a temperature, or per Monte Carlo
+    pass), so probabilities would be softmaxed twice. A model that is not a graph of layers
+    (subclassed) is taken as it is.
+    """
+    import keras
+
+    try:
+        last = model.layers[-1]
+        is_output = len(model.outputs) == 1 and last.output is model.outputs[0]
+    except (AttributeError, IndexError, ValueError):  # no graph, or a layer called twice
+        return model
+    if not is_output:
+        return model
+    if isinstance(last, keras.layers.Softmax):
+        return keras.Model(model.inputs, last.input, name=model.name)  # the same layers
+    if getattr(last, "activation", None) is not keras.activations.softmax:
+        return model
+
+    def clone(layer):  # the last one with a linear activation
+        config = layer.get_config()
+        if layer is last:
+            config["activation"] = "linear"
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def _check_fashion_mnist(model):
     """Refuses a model that does not take 28×28×1 images to 10 classes' logits."""
     shapes = tuple(getattr(model, "input_shape", ())), tuple(getattr(model, "output_shape", ()))
@@ -225,8 +257,8 @@ def predict_files(model, paths, top=3, mc_samples=0, seed=0, temperature=None):
     """Predicts every image in `paths`; a bad file becomes an error entry, not an exception.
 
     Args:
-        model: a Keras model (logits out) or the path of a `.keras` file (or of a run
-            directory, for its `model.keras`), loaded in safe mode;
+        model: a Keras model (logits out; a last softmax is taken off) or the path of a
+            `.keras` file (or of a run directory, for its `model.keras`), loaded in safe mode;
             or a list of them, an ensemble of several models, predicted by averaging their
             probabilities (see `fashion_keras.uncertainty.ensemble_predict`). A list of one
             is that one model.
@@ -282,7 +314,7 @@ def _predictor(members, mc_samples, seed, temperature):
     """images -> `Predictions`, by the one method the options ask for; models loaded once."""
     from fashion_keras import uncertainty
 
-    loaded = uncertainty.check_ensemble([_load_model(m) for m in members])
+    loaded = uncertainty.check_ensemble([_as_logits(_load_model(m)) for m in members])
     _check_fashion_mnist(loaded[0])  # and so every member: they fit together
     if temperature == "run":  # once the model is known to be there
         temperature = run_temperature(members[0])

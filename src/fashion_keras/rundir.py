@@ -207,6 +207,12 @@ def read_backup(backup_dir):
     return {int(k): v for k, v in state["epochs"].items()} if state else {}
 
 
+def backup_files(entry):
+    """The files of the backup directory that a backup entry (see `read_backup`) needs."""
+    pieces = [p["file"] for p in entry["pieces"].values() if p and p.get("file")]
+    return {entry["weights"], entry["random_state"], *pieces}
+
+
 def random_state_variables(model):
     """The model's variables that are not weights: the layers' random-number state."""
     weights = {id(v) for v in model.weights}
@@ -229,6 +235,12 @@ def restore_backup(model, backup_dir, epoch):
         raise RunError(
             f"{backup_dir} was written by fashion_keras 0.2.0, whose backups do not resume "
             "here; finish the run with 0.2.0, or train into a new --output"
+        )
+    missing = [n for n in sorted(backup_files(entry)) if not (Path(backup_dir) / n).is_file()]
+    if missing:
+        raise RunError(
+            f"{backup_dir} is damaged: {', '.join(missing)} (epoch {epoch}) not found; train "
+            "into a new --output"
         )
     model.optimizer.build(model.trainable_variables)  # so its state has somewhere to go
     model.load_weights(Path(backup_dir) / entry["weights"])
