@@ -295,6 +295,14 @@ def test_options_that_do_not_go_together_are_clear_errors(tiny_paths, images, kw
         predict_files(model, [images], **kwargs)
 
 
+def test_top_takes_numpy_integers_not_bools(tiny_paths, images):
+    expected = predict_files(tiny_paths[0], images, top=2)
+    assert predict_files(tiny_paths[0], images, top=np.int64(2)) == expected
+    for top in (True, 2.0, 11):
+        with pytest.raises(UserError, match=rf"top must be between 1 and 10 .* top={top!r}$"):
+            predict_files(tiny_paths[0], images, top=top)
+
+
 def test_an_ensemble_of_models_that_do_not_fit_is_a_clear_error(tiny_paths, images, tmp_path):
     build_cnn(num_classes=5, filters=(4,), units=8).save(tmp_path / "five.keras")
     with pytest.raises(ValueError, match=r"models\[1\] takes \(28, 28, 1\) -> 5 classes"):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fashion_keras.checks import check_int, check_positive
+from fashion_keras.checks import check_int, check_positive, is_integer
 from fashion_keras.data import CLASS_NAMES, IMAGE_SHAPE, NUM_CLASSES
 from fashion_keras.errors import UserError
 
@@ -128,7 +128,7 @@ def top_classes(probabilities, top=3):
 
 
 def _check_options(top, mc_samples, temperature, members):
-    if isinstance(top, bool) or not isinstance(top, int) or not 1 <= top <= len(CLASS_NAMES):
+    if not is_integer(top) or not 1 <= top <= len(CLASS_NAMES):
         raise UserError(
             f"top must be between 1 and {len(CLASS_NAMES)} (classes listed per image). "
             f"Received: top={top!r}"
